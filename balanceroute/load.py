@@ -49,7 +49,12 @@ class LoadTracker:
         self.waiting = np.zeros(g, dtype=np.int64)
         cap = np.inf if kv_capacity is None else kv_capacity
         self.kv_capacity = np.broadcast_to(np.asarray(cap, dtype=np.float64), (g,)).copy()
+        if np.any(self.kv_capacity <= 0):
+            raise ValueError(f"kv_capacity must be > 0 tokens, got {self.kv_capacity.tolist()}")
+        self._finite_capacity = bool(np.any(np.isfinite(self.kv_capacity)))  # x / inf = 0
         self.max_num_seqs = max_num_seqs
+        self._unlimited_slots = np.full(g, UNLIMITED_SLOTS, dtype=np.int64)
+        self._zero_usage = np.zeros(g)
         self._reported_usage: np.ndarray | None = None
         self.epoch = 0
         # per-request arrays, indexed by slot
@@ -151,17 +156,22 @@ class LoadTracker:
         return request_id in self._slot
 
     def snapshot(self, *, with_requests: bool = False) -> ClusterSnapshot:
-        """The policy's view: per-worker arrays (shared, read-only by convention) and, if asked, the requests."""
+        """The policy's view: per-worker arrays (shared, read-only by convention) and, if asked, the requests.
+
+        Cheap by design (it is on every decision's path): derived arrays are only computed where a limit makes
+        them vary; unlimited slots and unknown capacity reuse constant arrays.
+        """
         inflight = self.running + self.waiting
         if self.max_num_seqs is None:
-            free = np.full(self.num_workers, UNLIMITED_SLOTS, dtype=np.int64)
+            free = self._unlimited_slots
         else:
             free = np.maximum(self.max_num_seqs - inflight, 0)
         if self._reported_usage is not None:
             usage = self._reported_usage
+        elif self._finite_capacity:
+            usage = self.kv_load / self.kv_capacity
         else:
-            finite = np.isfinite(self.kv_capacity)
-            usage = np.where(finite, self.kv_load / np.where(finite, self.kv_capacity, 1.0), 0.0)
+            usage = self._zero_usage
         return ClusterSnapshot(
             kv_load=self.kv_load, running=self.running, waiting=self.waiting, inflight=inflight,
             free_slots=free, kv_capacity=self.kv_capacity, kv_usage=usage,
