@@ -14,6 +14,7 @@ import sys
 SUBCOMMAND_MODULES = (
     "balanceroute.sim.cli",
     "balanceroute.data.cli",
+    "launchers.plan",
 )
 
 

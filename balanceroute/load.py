@@ -119,8 +119,11 @@ class LoadTracker:
             return
         self._generated[slots] += n
         self._remaining[slots] -= n
-        weights = np.broadcast_to(np.asarray(n, dtype=np.float64), slots.shape)
-        self.kv_load += np.bincount(self._worker[slots], weights=weights, minlength=self.num_workers)
+        workers = self._worker[slots]
+        if np.ndim(n) == 0:
+            self.kv_load += np.bincount(workers, minlength=self.num_workers) * float(n)
+        else:
+            self.kv_load += np.bincount(workers, weights=n, minlength=self.num_workers)
         self.epoch += 1
 
     def finished(self, request_id: Hashable) -> int:
@@ -148,6 +151,9 @@ class LoadTracker:
 
     def generated_of(self, request_id: Hashable) -> int:
         return int(self._generated[self.slot_of(request_id)])
+
+    def prompt_hash_of(self, request_id: Hashable) -> int:
+        return int(self._hash[self.slot_of(request_id)])
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -253,8 +259,9 @@ class Router:
 
     def finish(self, request_id: Hashable) -> int:
         """Release a completed request; its output length teaches learning policies."""
+        prompt_hash = self.tracker.prompt_hash_of(request_id)
         output_len = self.tracker.finished(request_id)
-        self.policy.observe_finished(output_len)
+        self.policy.observe_finished(output_len, prompt_hash=prompt_hash)
         return output_len
 
     def abort(self, request_id: Hashable) -> int:

@@ -270,3 +270,20 @@ def test_summary_merges_balance_and_sizes_worker_lists(run):
         summarize(run, balance={"completed": 1})
     assert per_worker_counts(run) == {"worker_requests": [2, 2], "worker_prompt_tokens": [150, 40],
                                       "worker_output_tokens": [8, 3]}
+
+
+def test_add_steps_equals_one_add_step_per_row():
+    """The simulator's batched feed must give exactly the per-step accounting, across block boundaries."""
+    rng = np.random.default_rng(3)
+    g, k = 4, 50
+    loads = rng.integers(0, 1000, size=(k, g)).astype(float)
+    local = rng.uniform(0.01, 0.02, size=(k, g))
+    step = local.max(axis=1) + rng.uniform(0, 0.005, size=k)
+    one, batched = BalanceAccumulator(g, block=16), BalanceAccumulator(g, block=16)
+    for row in range(k):
+        one.add_step(loads[row], local[row], float(step[row]))
+    batched.add_steps(loads[:7], local[:7], step[:7])
+    batched.add_steps(loads[7:], local[7:], step[7:])
+    assert batched.summary() == pytest.approx(one.summary())
+    with pytest.raises(ValueError, match="shape"):
+        batched.add_steps(loads[:, :2], local[:, :2], step)

@@ -17,9 +17,10 @@ from balanceroute.policies.policy import (
     policy_class,
     register_policy,
 )
+from balanceroute.policies.survival import SurvivalEstimator
 
 # Importing the policy modules registers them.
-from balanceroute.policies import kv, queue, vllm  # noqa: E402,F401  isort: skip
+from balanceroute.policies import bfio, brh, kv, phi, queue, vllm  # noqa: F401  isort: skip
 
 __all__ = [
     "Assignment",
@@ -27,6 +28,7 @@ __all__ = [
     "PendingRequests",
     "Policy",
     "RequestTable",
+    "SurvivalEstimator",
     "available_policies",
     "make_policy",
     "policy_class",

@@ -45,6 +45,18 @@ class RequestTable:
     def __len__(self) -> int:
         return len(self.worker)
 
+    def appended(self, worker: int, prompt_len: float, prompt_hash: int = 0,
+                 output_len: int | None = None) -> "RequestTable":
+        """A new table with one more request that has generated nothing yet."""
+        n = len(self)
+        remaining = np.full(n, np.nan) if self.remaining is None else self.remaining
+        hashes = np.zeros(n, dtype=np.int64) if self.prompt_hash is None else self.prompt_hash
+        return RequestTable(
+            worker=np.append(self.worker, worker), prompt_len=np.append(self.prompt_len, prompt_len),
+            generated=np.append(self.generated, 0),
+            remaining=np.append(remaining, np.nan if output_len is None else output_len),
+            prompt_hash=np.append(hashes, prompt_hash))
+
     @classmethod
     def empty(cls) -> "RequestTable":
         z = np.zeros(0, dtype=np.int64)
@@ -147,12 +159,16 @@ class ClusterSnapshot:
             eligible=None if self.eligible is None else self.eligible.copy(),
         )
 
-    def place(self, worker: int, prompt_len: float) -> None:
+    def place(self, worker: int, prompt_len: float, *, prompt_hash: int = 0, output_len: int | None = None) -> None:
         """Record in this snapshot that a request of ``prompt_len`` tokens was just sent to ``worker``.
 
         Pool-mode assignment calls it between placements so that later choices in the same round see the
-        earlier ones (the request is counted as running, as it takes a free slot).
+        earlier ones (the request is counted as running, as it takes a free slot). With a request table the
+        request is appended to it too (a new table: the snapshot it was copied from keeps its own), so horizon
+        policies see it as well.
         """
+        if self.requests is not None:
+            self.requests = self.requests.appended(worker, prompt_len, prompt_hash, output_len)
         self.kv_load[worker] += prompt_len
         self.running[worker] += 1
         self.inflight[worker] += 1

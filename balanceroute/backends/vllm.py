@@ -1,0 +1,191 @@
+"""The vLLM backend: ``backend=vllm`` serves ``model`` with real vLLM, routed by ``router`` inside vLLM's DP front end.
+
+A run starts ``vllm serve`` (:mod:`launchers.vllm_server`) with the balanceroute plugin enabled through the
+environment (:mod:`balanceroute.vllm_plugin`), sends the workload with the benchmark client
+(:mod:`balanceroute.bench`), reads what happened per engine, and stops the server. The run folder gets, besides
+the usual result files, ``vllm_server.log`` and ``decisions.jsonl`` (every routing decision with the snapshot it
+saw). Per-engine results:
+
+- ``worker_requests`` / ``worker_prompt_tokens`` / ``worker_output_tokens``: from the decision log (what the
+  router did and the KV it tracked; warm-up requests included);
+- ``vllm_engine_requests`` / ``vllm_engine_prompt_tokens`` / ``vllm_engine_generation_tokens``: vLLM's own
+  per-engine Prometheus counters over the run (``vllm:request_success_total{engine="g"}`` ...), an independent
+  check of where requests went;
+- ``mean_imbalance``, ``mean_spread``, ``mean_kv_load``: the KV balance (:class:`~balanceroute.metrics.
+  BalanceAccumulator`) sampled at every routing decision rather than every engine step (``balance_sampled_at``);
+  timeline.parquet holds the same samples.
+
+Config sections read: ``model.vllm`` (what to serve), ``parallel`` (dp, tp, ep) and ``backend`` (conf/backend/
+vllm.yaml).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from balanceroute.backends import ConfigError, RunOutput, RunSpec
+from balanceroute.bench import benchmark, load_tokenizer
+from balanceroute.metrics import BalanceAccumulator
+from balanceroute.sim.timeline import TIMELINE_COLUMNS
+from balanceroute.vllm_plugin.config import RouterConfig
+from balanceroute.vllm_plugin.decision_log import ROUTE, engine_totals, read_decision_log
+from balanceroute.vllm_plugin.environment import (
+    PluginNotInstalledError,
+    VllmNotFoundError,
+    check_plugin,
+    find_vllm,
+    python_of,
+)
+from launchers.vllm_server import ENGINE_COUNTERS, VllmServer, VllmServerError, engine_counter, free_port, serve_command
+
+log = logging.getLogger(__name__)
+
+SERVER_LOG = "vllm_server.log"
+DECISION_LOG = "decisions.jsonl"
+_BENCH_KEYS = ("endpoint", "stream", "ignore_eos", "max_concurrency", "warmup", "timeout_s", "tokenizer")
+
+
+def _positive(key: str, value: Any, *, integer: bool = False, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+    if not ok or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{key}: must be {kind} > 0{' or null' if allow_none else ''}, got {value!r}")
+
+
+class VllmBackend:
+    """Checks the model's ``vllm`` section, the backend settings and the vLLM installation up front (a
+    :class:`ConfigError` naming the key), and runs server + benchmark on ``run``."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        backend = OmegaConf.to_container(cfg.backend, resolve=True)
+        if "vllm" not in cfg.model or cfg.model.vllm is None:
+            raise ConfigError(f"model.vllm: model {cfg.model.name!r} has no vllm serve settings; choose a model "
+                              "config with a vllm: section (qwen3_0_6b, qwen3_30b_a3b, deepseek_v3, "
+                              "deepseek_v4_flash, tiny_dense, tiny_moe)")
+        self.model = OmegaConf.to_container(cfg.model.vllm, resolve=True)
+        if not self.model.get("model"):
+            raise ConfigError("model.vllm.model: no model to serve; give a Hugging Face name or a local folder "
+                              "(the tiny CPU models are made by tests/vllm/tiny_models.py)")
+        self.served_model = str(self.model.get("served_model_name") or self.model["model"])
+        self.dp, self.tp, self.ep = int(cfg.parallel.dp), int(cfg.parallel.tp), bool(cfg.parallel.ep)
+        _positive("backend.api_server_count", backend["api_server_count"], integer=True, allow_none=True)
+        _positive("backend.port", backend["port"], integer=True, allow_none=True)
+        _positive("backend.ready_timeout_s", backend["ready_timeout_s"])
+        _positive("backend.stop_timeout_s", backend["stop_timeout_s"])
+        unknown = sorted(set(backend["bench"]) - set(_BENCH_KEYS))
+        if unknown:
+            raise ConfigError(f"backend.bench: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_BENCH_KEYS)}")
+        if not isinstance(backend["plugin"], bool):
+            raise ConfigError(f"backend.plugin: must be true or false, got {backend['plugin']!r}")
+        self.backend = backend
+        try:
+            self.vllm_bin = find_vllm(backend["vllm_bin"], venv=os.environ.get("VLLM_CPU_VENV"))
+        except VllmNotFoundError as exc:
+            raise ConfigError(f"backend.vllm_bin: {exc}") from None
+        if backend["plugin"]:
+            python = backend["python"] or python_of(self.vllm_bin)
+            if python is None:
+                log.warning("cannot tell which Python %s runs with (set backend.python); the plugin's presence is "
+                            "checked after the run instead", self.vllm_bin)
+            else:
+                try:
+                    check_plugin(python)
+                except PluginNotInstalledError as exc:
+                    raise ConfigError(f"backend.python: {exc}") from None
+
+    # ---- the run ---------------------------------------------------------------------------------------------------
+    def server(self, spec: RunSpec) -> VllmServer:
+        """The managed server for ``spec`` (not started): command, log file and environment."""
+        b = self.backend
+        port = b["port"] or free_port(b["host"])
+        cmd = serve_command(self.vllm_bin, self.model, dp=self.dp, tp=self.tp, ep=self.ep, host=b["host"],
+                            port=port, api_server_count=b["api_server_count"], extra_args=b["args"])
+        env = {str(k): str(v) for k, v in (b["env"] or {}).items()}
+        env.update({str(k): str(v) for k, v in (self.model.get("env") or {}).items()})
+        if b["plugin"]:
+            params = {k: v for k, v in spec.router.items() if k != "name"}
+            env.update(RouterConfig(spec.router["name"], {**params, "seed": spec.seed},
+                                    spec.run_dir.absolute() / DECISION_LOG).to_env())
+        return VllmServer(cmd, spec.run_dir / SERVER_LOG, b["host"], port, env=env, cwd=spec.run_dir,
+                          ready_timeout_s=b["ready_timeout_s"], stop_timeout_s=b["stop_timeout_s"])
+
+    def _tokenizer(self):
+        if not self.backend["bench"]["tokenizer"]:
+            return None
+        name = self.model.get("tokenizer") or self.model["model"]
+        try:
+            return load_tokenizer(name)
+        except ValueError as exc:
+            log.warning("synthetic prompts will have approximate lengths: %s", exc)
+            return None
+
+    def run(self, spec: RunSpec) -> RunOutput:
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        decisions = spec.run_dir / DECISION_LOG
+        decisions.unlink(missing_ok=True)  # the plugin appends; a rerun starts afresh
+        bench = dict(self.backend["bench"])
+        endpoint = bench.pop("endpoint")
+        bench.pop("tokenizer")
+        tokenizer = self._tokenizer()
+        server = self.server(spec)
+        try:
+            with server:
+                before = server.metrics()
+                started = time.time()
+                result = benchmark(server.url + endpoint, spec.workload, model=self.served_model,
+                                   tokenizer=tokenizer, seed=spec.seed, progress=spec.progress, **bench)
+                server.check_alive()
+                after = server.metrics()
+        except VllmServerError as exc:
+            raise ConfigError(f"backend=vllm: {exc}") from exc
+        summary = dict(result.summary)
+        for suffix, name in ENGINE_COUNTERS:
+            summary[f"vllm_engine_{suffix}"] = [
+                int(round(a - b)) for a, b in zip(engine_counter(after, name, self.dp), engine_counter(before, name,
+                                                                                                     self.dp))]
+        timeline = None
+        if self.backend["plugin"]:
+            events = list(read_decision_log(decisions)) if decisions.is_file() else []
+            routes = [ev for ev in events if ev["event"] == ROUTE]
+            if not routes and summary.get("num_sent", len(result.requests)):
+                raise ConfigError(f"backend.plugin: vLLM routed {len(result.requests)} requests but the balanceroute "
+                                  f"plugin logged no decision in {decisions}: it is not active in vLLM's "
+                                  f"environment (see the start of {server.log_path})")
+            summary.update(num_workers=self.dp, **engine_totals(events, self.dp), **_balance(routes, self.dp))
+            timeline = _timeline(routes, started)
+        return RunOutput(summary=summary, requests=result.requests, timeline=timeline)
+
+
+def _balance(routes: list[dict], num_engines: int) -> dict[str, Any]:
+    """KV balance over the snapshots the routing decisions saw."""
+    acc = BalanceAccumulator(num_engines)
+    for ev in routes:
+        acc.add_step(np.asarray(ev["kv_load"], dtype=np.float64))
+    out = acc.summary()
+    out.pop("num_workers")
+    out["balance_sampled_at"] = "routing decisions"
+    return out
+
+
+def _timeline(routes: list[dict], t0: float) -> pd.DataFrame:
+    """timeline.parquet rows: per decision (``step``) and engine, the load the decision saw, on the run's clock."""
+    n = len(routes)
+    g = len(routes[0]["kv_load"]) if routes else 0
+    frame = pd.DataFrame({
+        "time_s": np.repeat(np.array([ev["time"] - t0 for ev in routes], dtype=np.float64), g),
+        "step": np.repeat(np.arange(n, dtype=np.int64), g),
+        "worker": np.tile(np.arange(g, dtype=np.int64), n),
+        "kv_load": np.array([ev["kv_load"] for ev in routes], dtype=np.float64).reshape(-1),
+        "running": np.array([ev["running"] for ev in routes], dtype=np.int64).reshape(-1),
+        "waiting": np.array([ev["waiting"] for ev in routes], dtype=np.int64).reshape(-1),
+    })
+    return frame[list(TIMELINE_COLUMNS)]

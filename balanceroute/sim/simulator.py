@@ -1,0 +1,363 @@
+"""The DP+EP step simulator: a workload, a routing policy and a model preset in; per-request records out.
+
+Arrivals are routed exactly as a live router would route them: through :class:`balanceroute.load.Router`, whose
+:class:`~balanceroute.load.LoadTracker` the simulator keeps up to date (routed, started, preempted, tokens,
+finished, aborted), asking the policy at the moment the request arrives (``on_arrival``) or, in ``pool`` dispatch,
+whenever a request waits centrally and a worker has a free slot. The true output length is passed along, so oracle
+predictors work; nothing else of the future is visible to the policy.
+
+Time: the workers' steps (:mod:`balanceroute.sim.group`) run until the next arrival; an idle cluster jumps to it.
+A routing decision sees each worker as of its last completed step; the request joins the worker's queue and can be
+admitted at the worker's next step. Deployment shapes (ALGORITHMS.md section 3):
+
+- ``colocated``: the prompt is prefilled on the DP worker, inside the barrier-synchronised steps.
+- ``disaggregated``: prompts are prefilled on separate prefill instances, modelled as uncongested: request i's
+  prefill takes ``prompt_i / external_prefill_tokens_per_s`` seconds, after which it reaches the DP router with its
+  prompt KV computed except the last token; the decode worker computes that token in its first step and samples
+  the first output token (vLLM recomputes the last token of a fully cached prefix to obtain logits). TTFT is thus
+  external prefill time + decode-side queueing + one decode step. The only prefill a decode worker does is
+  recompute after preemption.
+
+Failures: a request whose KV can never fit a worker (prompt + output - 1 tokens > capacity, in whole blocks) fails
+with error ``kv_capacity`` when it arrives, without being routed; a request not finished ``timeout_s`` after its
+client arrival fails with ``timeout`` at the first step boundary after its deadline (in the pool: at the
+deadline). Requests still in flight when ``horizon_s`` is reached are ``unfinished``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from balanceroute.load import LoadTracker, Router
+from balanceroute.metrics import BalanceAccumulator, records_frame, summarize
+from balanceroute.policies import PendingRequests, Policy
+from balanceroute.sim.group import RID, C, J, StepGroup, W
+from balanceroute.sim.pool import CentralPool
+from balanceroute.sim.presets import ModelPreset, get_preset
+from balanceroute.sim.state import (
+    ERROR_NAMES,
+    FAILED,
+    KV_CAPACITY,
+    QUEUED,
+    STATUS_NAMES,
+    TIMEOUT,
+    RequestState,
+    WeightedSamples,
+)
+from balanceroute.sim.timeline import timeline_frame
+from balanceroute.workload import Workload
+
+log = logging.getLogger(__name__)
+
+DISPATCH_MODES = ("on_arrival", "pool")
+PREFILL_MODES = ("colocated", "disaggregated")
+
+
+@dataclass
+class SimConfig:
+    """One simulated deployment.
+
+    - ``num_workers``: DP workers G; ``model``: a :class:`ModelPreset` or a preset name.
+    - ``dispatch``: ``on_arrival`` (route on arrival, queue at the worker) or ``pool`` (hold centrally, place into
+      free slots). ``barrier``: workers step together (EP); False runs each worker on its own clock (dense models,
+      independent DP workers; the balance metrics then sample the workers' KV loads at every arrival instead of
+      every step, ``num_steps`` counts those samples, and there is no barrier idle fraction).
+      ``prefill``: ``colocated`` or ``disaggregated``.
+    - ``timeout_s``: a request not finished this long after arriving fails (inf: never).
+    - ``horizon_s``: stop the simulated clock here; requests in flight are ``unfinished`` (None: run to the end).
+    - ``seed``: recorded with the result; the simulation itself is deterministic (the workload and the policy carry
+      their own seeds).
+    - ``timeline_max_rows``: bound on the timeline's rows (steps are thinned evenly to fit).
+    - ``pool_window``: pool dispatch shows the policy at most this many of the oldest waiting requests per round
+      (a real router bounds its scan too; it keeps a round's cost independent of how long the pool grows).
+    - ``check_invariants``: verify the engine's bookkeeping at every step boundary (slow; for tests).
+    """
+
+    num_workers: int
+    model: ModelPreset | str = "qwen3_30b_a3b"
+    dispatch: str = "on_arrival"
+    barrier: bool = True
+    prefill: str = "colocated"
+    timeout_s: float = 600.0
+    horizon_s: float | None = None
+    seed: int = 0
+    timeline_max_rows: int = 100_000
+    pool_window: int = 1024
+    check_invariants: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, str):
+            self.model = get_preset(self.model)
+        if not isinstance(self.model, ModelPreset):
+            raise ValueError(f"model must be a ModelPreset or a preset name, got {type(self.model).__name__}")
+        _check_int("num_workers", self.num_workers, 1)
+        _check_int("seed", self.seed, 0)
+        _check_int("timeline_max_rows", self.timeline_max_rows, 1)
+        _check_int("pool_window", self.pool_window, 1)
+        if self.dispatch not in DISPATCH_MODES:
+            raise ValueError(f"dispatch must be one of {', '.join(DISPATCH_MODES)}; got {self.dispatch!r}")
+        if self.prefill not in PREFILL_MODES:
+            raise ValueError(f"prefill must be one of {', '.join(PREFILL_MODES)}; got {self.prefill!r}")
+        for name in ("barrier", "check_invariants"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not _is_real(self.timeout_s) or not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be a number of seconds > 0 (or inf), got {self.timeout_s!r}")
+        if self.horizon_s is not None and (not _is_real(self.horizon_s) or not self.horizon_s > 0):
+            raise ValueError(f"horizon_s must be a number of seconds > 0 or None, got {self.horizon_s!r}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass
+class SimResult:
+    """``summary``: :func:`balanceroute.metrics.summarize` output plus balance metrics and the run's settings;
+    ``requests``: per-request records (:data:`balanceroute.metrics.REQUEST_COLUMNS`), in workload order;
+    ``timeline``: sampled steps (time_s, step, worker, kv_load, running, waiting)."""
+
+    summary: dict[str, Any]
+    requests: pd.DataFrame
+    timeline: pd.DataFrame = field(repr=False)
+
+
+def simulate(workload: Workload, policy: Policy, config: SimConfig, *, progress: bool = False) -> SimResult:
+    """Simulate ``workload`` routed by ``policy`` on the deployment ``config``."""
+    if not isinstance(policy, Policy):
+        raise ValueError(f"policy must be a balanceroute Policy instance (see make_policy), got "
+                         f"{type(policy).__name__}")
+    return Simulation(workload, policy, config).run(progress=progress)
+
+
+class _IntIds:
+    """``ids[i]`` as a Python int, for Router.place_pool, without converting the whole pool."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = ids
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.ids[i])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Simulation:
+    """The run loop: arrivals, routing, the pool and the step groups. Build one per run."""
+
+    def __init__(self, workload: Workload, policy: Policy, config: SimConfig) -> None:
+        self.config = config
+        self.model = m = config.model
+        self.timeout_s = float(config.timeout_s)
+        g = config.num_workers
+        disagg = config.prefill == "disaggregated"
+        client = np.asarray(workload.arrival_s, dtype=np.float64)
+        prompt = np.asarray(workload.prompt_len, dtype=np.int64)
+        if disagg:
+            arrival = client + prompt / m.external_prefill_tokens_per_s
+            order = np.argsort(arrival, kind="stable")
+        else:
+            arrival = client
+            order = np.arange(len(workload))
+        self.req = RequestState(order, arrival[order], client[order], prompt[order],
+                                np.asarray(workload.output_len, dtype=np.int64)[order],
+                                np.asarray(workload.prompt_hash, dtype=np.int64)[order], disaggregated=disagg)
+        self.max_kv_tokens = m.kv_capacity_blocks * m.block_size
+        self.tracker = LoadTracker(g, kv_capacity=m.kv_capacity_tokens, max_num_seqs=m.max_num_seqs,
+                                   initial_slots=min(len(workload), g * m.max_num_seqs * 2) + 16)
+        self.router = Router(policy, self.tracker)
+        self.pool_mode = config.dispatch == "pool"
+        self.pool = CentralPool(self.req, self.timeout_s, config.pool_window)
+        self.itl = WeightedSamples()
+        self.balance = BalanceAccumulator(g)
+        n_groups = 1 if config.barrier else g
+        self.timeline_rows_per_group = max(1, config.timeline_max_rows // n_groups)
+        if config.barrier:
+            self.groups = [StepGroup(self, 0, g, record_balance=True)]
+        else:
+            self.groups = [StepGroup(self, w, 1, record_balance=False) for w in range(g)]
+        self.group_of = np.zeros(g, dtype=np.int64) if config.barrier else np.arange(g)
+
+    # ---- the loop ----------------------------------------------------------------------------------------------------
+    def run(self, *, progress: bool = False) -> SimResult:
+        wall = time.perf_counter()
+        req = self.req
+        n = req.n
+        arrival = req.arrival
+        horizon = math.inf if self.config.horizon_s is None else float(self.config.horizon_s)
+        nxt = 0
+        bar = tqdm(total=n, disable=not progress, file=sys.stderr, unit="req", mininterval=1.0,
+                   desc=f"sim {self.router.policy.name or type(self.router.policy).__name__}")
+        with bar:
+            while True:
+                until = min(float(arrival[nxt]) if nxt < n else math.inf, horizon, self.pool.next_deadline())
+                self._advance(until)
+                if until == math.inf or until >= horizon:
+                    break
+                now = until
+                for r in self.pool.expire(now):
+                    req.status[r] = FAILED
+                    req.error[r] = TIMEOUT
+                    req.finish[r] = now
+                first = nxt
+                while nxt < n and arrival[nxt] <= now:
+                    self._arrive(nxt, now)
+                    nxt += 1
+                if self.pool_mode:
+                    self._place(now)
+                if not self.config.barrier:
+                    self.balance.add_step(np.concatenate([grp.resident_kv() for grp in self.groups]))
+                if nxt > first:
+                    bar.update(nxt - first)
+        return self._result(time.perf_counter() - wall)
+
+    def _advance(self, until: float) -> None:
+        groups = self.groups
+        if len(groups) == 1:
+            groups[0].advance(until)
+            return
+        # Independent workers interact only through routing, which happens at arrivals, except in pool mode with
+        # requests waiting centrally: then a slot freed at one worker's step boundary is filled at that moment,
+        # so the workers are advanced in the order of their step ends.
+        while self.pool_mode and len(self.pool):
+            ends = [grp.pending_end() for grp in groups]
+            first = int(np.argmin(ends))
+            if ends[first] > until:
+                return
+            others = min(ends[:first] + ends[first + 1:])
+            groups[first].advance(min(until, others))
+        for grp in groups:
+            grp.advance(until)
+
+    # ---- arrivals and routing ----------------------------------------------------------------------------------------
+    def _arrive(self, r: int, now: float) -> None:
+        req = self.req
+        if req.prompt[r] + req.output[r] - 1 > self.max_kv_tokens:
+            req.status[r] = FAILED
+            req.error[r] = KV_CAPACITY
+            req.finish[r] = now
+            return
+        if self.pool_mode:
+            self.pool.add(r)
+            return
+        worker = self.router.route(r, int(req.prompt[r]), prompt_hash=int(req.prompt_hash[r]),
+                                   output_len=int(req.output[r]))
+        self._enqueue(r, worker, now)
+
+    def _enqueue(self, r: int, worker: int, now: float) -> None:
+        req = self.req
+        req.worker[r] = worker
+        req.slot[r] = self.tracker.slot_of(r)
+        req.status[r] = QUEUED
+        self.groups[self.group_of[worker]].enqueue(r, worker, now)
+
+    def pool_wants_steps(self) -> bool:
+        """Whether pool placement may happen at the next step boundary (so steps must not be batched)."""
+        return self.pool_mode and len(self.pool) > 0 and bool((self._free_slots() > 0).any())
+
+    def _free_slots(self) -> np.ndarray:
+        t = self.tracker
+        return self.model.max_num_seqs - (t.running + t.waiting)
+
+    def on_boundary(self, now: float) -> None:
+        """Called by a step group after each step: pool placement and, if asked, invariant checks."""
+        if self.pool_mode and len(self.pool):
+            self._place(now)
+        if self.config.check_invariants:
+            self.check_invariants()
+
+    def _place(self, now: float) -> None:
+        """One pool-mode round: the policy places waiting pool requests into free slots."""
+        if not len(self.pool):
+            return
+        free = self._free_slots()
+        if not (free > 0).any():
+            return
+        ids, req = self.pool.oldest(), self.req
+        pending = PendingRequests(prompt_len=req.prompt[ids], prompt_hash=req.prompt_hash[ids],
+                                  output_len=req.output[ids])
+        assignment = self.router.place_pool(_IntIds(ids), pending)
+        if not len(assignment):
+            return
+        workers = np.asarray(assignment.worker, dtype=np.int64)
+        over = np.bincount(workers, minlength=len(free)) > np.maximum(free, 0)
+        if over.any():
+            raise RuntimeError(f"policy {self.router.policy!r} placed pool requests on worker(s) "
+                               f"{np.flatnonzero(over).tolist()} beyond their free slots {free.tolist()}")
+        placed = np.asarray(assignment.index, dtype=np.int64)
+        for i, w in zip(placed.tolist(), workers.tolist(), strict=True):
+            self._enqueue(int(ids[i]), w, now)
+        self.pool.remove(placed)
+
+    # ---- checks and results --------------------------------------------------------------------------------------
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the engine's bookkeeping is inconsistent (tests run it at every boundary).
+
+        KV blocks in use (ceil(computed / block) per running request) within capacity on every worker; running
+        counts within the slots; waiting counts equal to the live queue entries; the load tracker's per-worker
+        load equal to prompt + generated tokens of the requests routed there and not finished.
+        """
+        req = self.req
+        expected = np.zeros(self.config.num_workers)
+        for grp in self.groups:
+            n, tab = grp.n, grp.tab
+            blocks = np.bincount(tab[W, :n], weights=-(-tab[C, :n] // grp.B), minlength=grp.G)
+            assert (blocks <= grp.cap_blocks).all(), f"KV blocks {blocks} over capacity {grp.cap_blocks}"
+            assert np.array_equal(np.bincount(tab[W, :n], minlength=grp.G), grp.n_run), "running counts"
+            assert (grp.n_run <= grp.max_seqs).all(), f"more running than slots: {grp.n_run}"
+            live = [sum(req.status[r] == QUEUED for r in q) for q in grp.queues]
+            assert live == grp.waiting.tolist(), f"waiting counts {grp.waiting} != queues {live}"
+            np.add.at(expected, grp.first + tab[W, :n], req.prompt[tab[RID, :n]] + tab[J, :n])
+            for q in grp.queues:
+                for r in q:
+                    if req.status[r] == QUEUED:
+                        expected[req.worker[r]] += req.prompt[r] + req.generated[r]
+        load = self.tracker.kv_load
+        assert np.allclose(load, expected), f"tracker load {load} != routed prompt + generated {expected}"
+
+    def _result(self, wall_s: float) -> SimResult:
+        req, cfg = self.req, self.config
+        unfinished = [r for grp in self.groups for r in grp.release_all()]
+        for r in unfinished:
+            self.router.abort(r)
+        status = np.array([STATUS_NAMES[k] for k in range(len(STATUS_NAMES))], dtype=object)[req.status]
+        error = np.array(ERROR_NAMES, dtype=object)[req.error]
+        back = np.empty(req.n, dtype=np.int64)
+        back[req.request_id] = np.arange(req.n)  # workload order
+        requests = records_frame(
+            request_id=req.request_id[back], worker=req.worker[back], arrival_s=req.client_arrival[back],
+            first_token_s=req.first_token[back], finish_s=req.finish[back], prompt_len=req.prompt[back],
+            output_len=req.generated[back], target_output_len=req.output[back], status=status[back],
+            error=error[back], preemptions=req.preemptions[back])
+        itl, weights = self.itl.arrays()
+        summary = summarize(requests, itl_s=itl, itl_weights=weights, balance=self.balance.summary(),
+                            num_workers=cfg.num_workers)
+        summary.update({
+            "backend": "sim",
+            "model": self.model.name,
+            "router": self.router.policy.name,
+            "dispatch": cfg.dispatch,
+            "barrier": cfg.barrier,
+            "prefill": cfg.prefill,
+            "seed": cfg.seed,
+            "peak_kv_usage": max(grp.peak_load for grp in self.groups) / self.model.kv_capacity_tokens,
+            "sim_wall_time_s": wall_s,
+        })
+        log.debug("simulated %d requests in %.2f s", req.n, wall_s)
+        return SimResult(summary=summary, requests=requests,
+                         timeline=timeline_frame([grp.timeline for grp in self.groups]))

@@ -1,0 +1,36 @@
+"""Run balanceroute experiments: ``python run.py [overrides]``, or ``python run.py -m ...`` for a sweep.
+
+    python run.py                                             # one simulation with conf/config.yaml's defaults
+    python run.py router=jsq_load rate=5 parallel.dp=16       # change anything
+    python run.py -m router=vllm_default,jsq_load rate=1,3,5  # one run per combination; rerun to resume
+    python -m analysis.compare outputs/multirun/default       # the comparison table
+
+Configuration lives in conf/ (README: "Configuration"); each run folder gets the files described in the README's
+"Result files". A value a user can fix ends the run with one ``error: <key>: <problem>`` line and exit code 2.
+"""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from balanceroute.backends import ConfigError
+from balanceroute.experiment import run_experiment
+
+#: Exit status for a configuration error (as argparse uses for bad arguments).
+CONFIG_ERROR_EXIT = 2
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    try:
+        return run_experiment(cfg, progress=sys.stderr.isatty())
+    except ConfigError as exc:
+        # One line, no traceback. SystemExit also ends a sweep: fix the value and rerun; resume skips finished runs.
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(CONFIG_ERROR_EXIT)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The decision benchmark runs and prints what it promises (figures are not checked: timing is not a test)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from balanceroute.policies import available_policies
+from balanceroute.policies.bench import main
+
+
+def test_json_output_has_percentiles_for_every_policy(capsys):
+    assert main(["--workers", "3", "--active-per-worker", "4", "--iterations", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert sorted(result) == available_policies()
+    for name, row in result.items():
+        assert 0 < row["p50_us"] <= row["p99_us"], name
+        assert row["with_snapshot_p50_us"] > 0
+        assert row["n"] == 5  # --iterations, well within the time budget
+    assert {"assign_p50_us", "assign_p99_us"} <= set(result["br0"])  # pool-mode policies time assign too
+    assert "assign_p50_us" not in result["jsq"]
+
+
+def test_table_output_and_policy_selection(capsys):
+    main(["--workers", "2", "--active-per-worker", "3", "--iterations", "5", "--policies", "br0,br_h"])
+    out = capsys.readouterr().out
+    assert "G=2 workers" in out and "choose p99" in out
+    assert [line.split()[0] for line in out.splitlines()[3:]] == ["br0", "br_h"]
+
+
+def test_slow_policies_get_fewer_calls_within_the_budget(capsys):
+    main(["--workers", "2", "--active-per-worker", "3", "--iterations", "100000", "--budget-s", "0.01",
+          "--policies", "phi", "--json"])
+    assert json.loads(capsys.readouterr().out)["phi"]["n"] < 100000
+
+
+def test_unknown_policy_is_rejected_with_the_valid_names(capsys):
+    with pytest.raises(SystemExit):
+        main(["--policies", "br0,nope"])
+    err = capsys.readouterr().err
+    assert "unknown policy nope" in err and "jsq_load" in err

@@ -1,0 +1,71 @@
+"""Model presets: derivations, lookup and validated overrides."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from balanceroute.sim.presets import H100_BW, H200_BW, PRESETS, ModelPreset, get_preset
+
+MOE = ("qwen3_30b_a3b", "deepseek_v3", "deepseek_v4_flash")
+
+
+def test_presets_are_the_documented_models():
+    assert set(PRESETS) == {"tiny", "qwen3_0_6b", "qwen3_30b_a3b", "deepseek_v3", "deepseek_v4_flash"}
+    for name, preset in PRESETS.items():
+        assert get_preset(name) is preset and preset.name == name and preset.description
+
+
+def test_attention_coefficient_is_kv_bytes_over_hbm_bandwidth():
+    assert get_preset("qwen3_0_6b").a == pytest.approx(2 * 28 * 8 * 128 * 2 / H100_BW)
+    assert get_preset("qwen3_30b_a3b").a == pytest.approx(2 * 48 * 4 * 128 * 2 / H100_BW)
+    assert get_preset("deepseek_v3").a == pytest.approx(61 * (512 + 64) * 2 / H200_BW)  # MLA latent + rope key
+
+
+@pytest.mark.parametrize("name", MOE)
+def test_moe_presets_use_the_documented_shared_ratio(name):
+    preset = get_preset(name)
+    assert preset.b == pytest.approx(0.5 * preset.a) and preset.c0 > 0
+
+
+def test_dense_preset_has_no_expert_parallel_terms():
+    dense = get_preset("qwen3_0_6b")
+    assert dense.b == 0 and dense.c0 == 0
+
+
+def test_unknown_preset_lists_the_valid_names():
+    with pytest.raises(ValueError, match="unknown model preset 'llama'; valid presets: tiny, qwen3_0_6b"):
+        get_preset("llama")
+
+
+def test_overrides_return_a_validated_copy():
+    tiny = get_preset("tiny")
+    changed = tiny.with_overrides(a=0.0, kv_capacity_tokens=512, external_prefill_tokens_per_s=math.inf)
+    assert (changed.a, changed.kv_capacity_tokens, changed.kv_capacity_blocks) == (0.0, 512, 32)
+    assert tiny.a == 1e-3  # frozen original untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tiny.a = 2.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(alpha=1.0), "unknown override.*alpha.*valid keys: a, b, c0"),
+    (dict(name="x"), "unknown override.*name"),
+    (dict(a=-1e-9), "a must be a number >= 0"),
+    (dict(p=math.nan), "p must be a number >= 0"),
+    (dict(cw=math.inf), "cw must be a number >= 0"),
+    (dict(kv_capacity_tokens=0), "kv_capacity_tokens must be an integer >= 1"),
+    (dict(block_size=2.5), "block_size must be an integer"),
+    (dict(max_num_seqs=True), "max_num_seqs must be an integer"),
+    (dict(external_prefill_tokens_per_s=0.0), "external_prefill_tokens_per_s must be a number > 0"),
+    (dict(max_num_batched_tokens=4), r"max_num_batched_tokens \(4\) must be >= max_num_seqs \(8\)"),
+])
+def test_bad_overrides_name_the_key_and_the_valid_range(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        get_preset("tiny").with_overrides(**overrides)
+
+
+def test_a_preset_built_directly_is_validated_too():
+    with pytest.raises(ValueError, match="block_size must be an integer >= 1"):
+        ModelPreset("x", 1e-3, 0, 0, 0, 0, kv_capacity_tokens=64, block_size=0, max_num_seqs=1,
+                    max_num_batched_tokens=1, external_prefill_tokens_per_s=1.0)

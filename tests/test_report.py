@@ -1,0 +1,130 @@
+"""analysis.report on a small real sweep (run.py -m with the report callback, as the studies run it), and the
+table marking and figure choices by hand."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.collect import collect_runs
+from analysis.compare import compare
+from analysis.report import build_report, main
+from analysis.tables import render
+
+SMALL = ["model=tiny", "parallel.dp=2", "workload.num_requests=40", "workload.prompt_mean=200",
+         "workload.output_mean=40"]
+FIGURES = {"metrics.png", "delta.png", "imbalance.png", "worker_load.png", "gantt.png", "cdf.png"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """3 study arms (one of them BR-0 in pool dispatch) x 2 rates x 2 seeds through run.py -m, with the report
+    written by the Hydra callback at the end, as conf/experiment/ studies do."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("report")
+    sweep_dir = root / "sweep"
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[1] / "run.py"), "-m", "+arm=jsq,jsq_load,br0_pool",
+         "rate=1,3", "seed=0,1", *SMALL, f"hydra.sweep.dir={sweep_dir}",
+         "+hydra.callbacks.report._target_=analysis.report.ReportCallback", "+hydra.callbacks.report.baseline=jsq"],
+        cwd=root, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert f"report: {sweep_dir / 'report' / 'report.md'}" in proc.stdout
+    return sweep_dir
+
+
+def figures_of(report: Path) -> list[str]:
+    return re.findall(r"!\[[^]]*\]\(([^)]+)\)", report.read_text())
+
+
+def test_the_report_has_its_table_and_every_figure(sweep):
+    report = sweep / "report" / "report.md"
+    text = report.read_text()
+    assert "python run.py -m +arm=jsq,jsq_load,br0_pool rate=1,3 seed=0,1" in text  # how to rerun it
+    assert "| rate | router | n | output_throughput | p95_ttft_ms | p95_tpot_ms | mean_imbalance |" in text
+    rows = [line for line in text.splitlines() if re.match(r"\| [13] \| ", line)]
+    assert [r.split(" | ")[1] for r in rows] == ["jsq", "br0_pool", "jsq_load"] * 2  # baseline first
+    assert all(r.split(" | ")[2] == "2" for r in rows)  # two seeds per row
+    assert "**" in text  # best values marked
+    assert set(figures_of(report)) == FIGURES
+    for name in FIGURES:
+        data = (report.parent / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+
+
+def test_labels_keep_router_variants_apart_and_comparable(sweep):
+    table = pd.read_csv(sweep / "report" / "table.csv")
+    assert set(table["router"]) == {"jsq", "jsq_load", "br0_pool"}  # br0 in pool mode has its own label
+    assert "backend.dispatch" not in table.columns  # the label says it; the Δ% stays against jsq at each rate
+    assert table.loc[table.router == "br0_pool", "output_throughput_delta_pct"].notna().all()
+    best = table.groupby("rate")["mean_imbalance_best"].sum()
+    assert (best >= 1).all()
+    for rate, rows in table.groupby("rate"):
+        assert rows.loc[rows.mean_imbalance.idxmin(), "mean_imbalance_best"]
+    assert r"\textbf{" in (sweep / "report" / "table.tex").read_text()
+    result = json.loads(next(sweep.glob("+arm=br0_pool,*,rate=1,seed=0,*/result.json")).read_text())
+    assert (result["label"], result["router"], result["config"]["backend"]["dispatch"]) == ("br0_pool", "br0", "pool")
+
+
+def test_a_single_setup_gets_bars_and_a_chosen_output_folder(sweep, tmp_path):
+    one_rate = tmp_path / "rate1"
+    for run in sweep.glob("*rate=1,*"):
+        shutil.copytree(run, one_rate / run.name)
+    report = build_report(one_rate, out=tmp_path / "out", title="one rate")
+    text = report.read_text()
+    assert text.startswith("# one rate") and "per router" in text and "rate=1" in text
+    assert set(figures_of(report)) == FIGURES
+    assert report.parent == tmp_path / "out"
+
+
+def test_result_files_alone_give_the_table_and_the_metrics_figure(sweep, tmp_path):
+    """Runs without their parquet files (copied result.json only, or collected elsewhere) still get a report."""
+    for result in sweep.glob("*/result.json"):
+        (tmp_path / result.parent.name).mkdir()
+        shutil.copy(result, tmp_path / result.parent.name / "result.json")
+    report = build_report(tmp_path)
+    assert figures_of(report) == ["metrics.png", "delta.png"] and "| rate | router |" in report.read_text()
+
+
+def test_cli_errors_name_the_valid_choices(sweep, capsys):
+    assert main([str(sweep), "--focus", "parallel.dp=4"]) == 2
+    assert capsys.readouterr().err == ("error: focus key(s) parallel.dp are not setup axes of this sweep; setup "
+                                       "axes: rate\n")
+    assert main([str(sweep), "--focus", "rate=7"]) == 2
+    assert "focus rate=7: no runs; values present: 1, 3" in capsys.readouterr().err
+    assert main([str(sweep), "--baseline", "nope"]) == 2
+    assert "baseline router 'nope' has no runs here" in capsys.readouterr().err
+
+
+def write_result(root: Path, router: str, rate: int, seed: int, **metrics) -> None:
+    run = root / f"{router}-{rate}-{seed}"
+    run.mkdir(parents=True)
+    config = {"rate": rate, "seed": seed, "router": {"name": router}}
+    (run / "result.json").write_text(json.dumps({"router": router, "rate": rate, "seed": seed, "config": config,
+                                                 "config_hash": run.name, **metrics}))
+
+
+def test_the_best_value_is_marked_per_setup_in_its_direction(tmp_path):
+    for seed in (0, 1):
+        for rate, tput, tpot in ((1, (10, 12, 11), (5, 4, 6)), (3, (30, 29, 28), (9, 9, 7))):
+            for router, t, p in zip(("vllm_default", "jsq", "jsq_load"), tput, tpot):
+                write_result(tmp_path, router, rate, seed, output_throughput=t + seed, p95_tpot_ms=p + seed)
+    metrics = ["output_throughput", "p95_tpot_ms"]
+    table = compare(collect_runs(tmp_path), metrics=metrics)
+    md = render(table, "md", metrics, "vllm_default", mark_best=True).splitlines()
+    assert md[2].startswith("| 1 | vllm_default | 2 | 10.50 ± 6.35 | 5.50 ± 6.35 |")
+    assert md[3] == "| 1 | jsq | 2 | **12.50 ± 6.35 (+19.0%)** | **4.50 ± 6.35 (-18.2%)** |"  # more tok/s, less TPOT
+    assert md[5].startswith("| 3 | vllm_default | 2 | **30.50 ± 6.35** |")
+    assert md[7].endswith("| **7.50 ± 6.35 (-21.1%)** |")
+    assert "best of each setup in bold" in md[-1]
+    flags = pd.read_csv(io.StringIO(render(table, "csv", metrics, "vllm_default", mark_best=True)))
+    assert flags["output_throughput_best"].tolist() == [False, True, False, True, False, False]
+    assert "**" not in render(table, "md", metrics, "vllm_default")  # compare's own output is unchanged
