@@ -51,8 +51,9 @@ def comparison_axes(runs: pd.DataFrame, include: Sequence[str] = ()) -> list[str
     """
     unknown = [k for k in include if f"{CONFIG_PREFIX}{k}" not in runs.columns]
     if unknown:
+        known = sorted(c.removeprefix(CONFIG_PREFIX) for c in runs if c.startswith(CONFIG_PREFIX))
         raise ValueError(f"unknown config key(s) {', '.join(unknown)} to include; the runs' config keys: "
-                         f"{', '.join(sorted(c.removeprefix(CONFIG_PREFIX) for c in runs if c.startswith(CONFIG_PREFIX)))}")
+                         f"{', '.join(known)}")
     axes = list(BASE_AXES) + [f"{CONFIG_PREFIX}{k}" for k in include]
 
     def distinct(cols: list[str]) -> int:

@@ -184,7 +184,7 @@ def plot_gantt(run_dirs: Mapping[str, Path], path: Path, *, max_requests: int = 
         ax.set_yticks(ticks, [f"worker {int(w)}" for w in workers], fontsize=7)
         ax.set_ylim(0, max(base, 1))
         ax.invert_yaxis()
-        ax.set_title(f"{label}: requests arriving in [{t0:.0f}, {t1:.0f}] s (orange: waiting + prefill, blue: "
+        ax.set_title(f"{label}: requests arriving in [{t0:.4g}, {t1:.4g}] s (orange: waiting + prefill, blue: "
                      "decode)", fontsize=9)
         ax.set_xlabel("time (s)")
     return _save(fig, path)
@@ -201,10 +201,10 @@ def plot_cdfs(run_dirs: Mapping[str, Sequence[Path]], path: Path, palette: Mappi
             if values.size:
                 ax.plot(values, np.arange(1, values.size + 1) / values.size, lw=1.1, label=label,
                         color=palette[label])
-    for ax, name in zip(axes, ("TTFT (ms)", "TPOT (ms)")):
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())  # 20, 50, 100 rather than 2x10^1
-        ax.xaxis.set_minor_formatter(NullFormatter())
+    axes[0].set_xscale("log")  # TTFT spans queueing (seconds) and an idle cluster (milliseconds)
+    axes[0].xaxis.set_major_formatter(ScalarFormatter())  # 10, 100, 1000 rather than 10^1
+    axes[0].xaxis.set_minor_formatter(NullFormatter())
+    for ax, name in zip(axes, ("TTFT (ms, log scale)", "TPOT (ms)")):
         ax.set_xlabel(name)
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3, which="both")

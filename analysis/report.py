@@ -5,9 +5,10 @@
 
 The pinned studies (conf/experiment/) write their report automatically when the sweep ends, through
 :class:`ReportCallback`; this command redoes it (e.g. after adding runs). Output (default ``SWEEP_DIR/report/``):
-``report.md``, ``table.csv`` and ``table.tex`` (best of each setup marked), ``metrics.png`` and ``delta.png`` (metrics,
-and their change against the baseline, against the study's varying setup axis), and, from the per-run files at one focus setup: ``imbalance.png``, ``worker_load.png``,
-``gantt.png`` (the baseline and the most balanced router) and ``cdf.png``.
+``report.md``, ``table.csv`` and ``table.tex`` (best of each setup marked), ``metrics.png`` and ``delta.png``
+(metrics, and their change against the baseline, against the study's varying setup axis), and, from the per-run
+files at one focus setup: ``imbalance.png``, ``worker_load.png``, ``gantt.png`` (the baseline and the most
+balanced router) and ``cdf.png``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -139,7 +139,7 @@ def sweep_command(sweep_dir: Path) -> str | None:
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return None
-    task = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task") or []
+    task = OmegaConf.select(OmegaConf.load(path), "hydra.overrides.task", default=None) or []
     return "python run.py -m " + " ".join(task)
 
 
@@ -220,8 +220,8 @@ def _describe(setup: Mapping[str, str]) -> str:
 
 def _markdown(title: str, runs: pd.DataFrame, table: pd.DataFrame, metrics: Sequence[str], baseline: str,
               figures: list[tuple[Path, str]], commands: list[str], out: Path) -> str:
-    lines = [f"# {title}", "",
-             f"{len(runs)} runs of {runs['router'].nunique()} routers ({', '.join(sorted(runs['router'].unique(), key=natural_key))}).",
+    routers = sorted(runs["router"].unique(), key=natural_key)
+    lines = [f"# {title}", "", f"{len(runs)} runs of {len(routers)} routers ({', '.join(routers)}).",
              f"Setup: {_setup_text(runs)}.", ""]
     lines += ["Reproduce (the sweep, whose end writes this report; then the report alone):", "", "```bash",
               *commands, "```", ""]

@@ -77,7 +77,8 @@ def main() -> int:
         model_dir = vllm_cpu.make_tiny_model(work / "model", size="small")
         workload = synthetic(args.num_requests, rate=args.request_rate, prompt_mean=args.prompt_mean,
                              output_mean=args.output_mean, max_prompt_len=512, max_output_len=256, seed=args.seed)
-        with vllm_cpu.vllm_server(model_dir, work / "vllm_serve.log", max_num_seqs=16) as server:
+        with vllm_cpu.vllm_server(model_dir, work / "vllm_serve.log", max_num_seqs=16,
+                                  extra_args=vllm_cpu.CROSSCHECK_SERVER_ARGS) as server:
             ours, theirs = vllm_cpu.crosscheck(server, workload, work, args.repeats)
     table, ok = compare(ours, theirs, args.tolerance)
     print(f"cross-check: {args.num_requests} requests, Poisson {args.request_rate:g} req/s, prompt mean "

@@ -123,7 +123,7 @@ class VllmServer:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}"
 
-    def start(self) -> "VllmServer":
+    def start(self) -> VllmServer:
         """Start the server and wait until it answers ``/health``; VllmServerError (with the log's tail) if it
         exits first or is not healthy within ``ready_timeout_s``."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +187,7 @@ class VllmServer:
         proc.wait()
         log.info("vllm serve stopped (exit status %s)", proc.returncode)
 
-    def __enter__(self) -> "VllmServer":
+    def __enter__(self) -> VllmServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -6,6 +6,8 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -26,16 +28,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def sweep(tmp_path_factory) -> Path:
     """3 study arms (one of them BR-0 in pool dispatch) x 2 rates x 2 seeds through run.py -m, with the report
     written by the Hydra callback at the end, as conf/experiment/ studies do."""
-    import subprocess
-    import sys
-
     root = tmp_path_factory.mktemp("report")
     sweep_dir = root / "sweep"
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve().parents[1] / "run.py"), "-m", "+arm=jsq,jsq_load,br0_pool",
          "rate=1,3", "seed=0,1", *SMALL, f"hydra.sweep.dir={sweep_dir}",
          "+hydra.callbacks.report._target_=analysis.report.ReportCallback", "+hydra.callbacks.report.baseline=jsq"],
-        cwd=root, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        cwd=root, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stderr
     assert f"report: {sweep_dir / 'report' / 'report.md'}" in proc.stdout
     return sweep_dir
@@ -128,3 +127,20 @@ def test_the_best_value_is_marked_per_setup_in_its_direction(tmp_path):
     flags = pd.read_csv(io.StringIO(render(table, "csv", metrics, "vllm_default", mark_best=True)))
     assert flags["output_throughput_best"].tolist() == [False, True, False, True, False, False]
     assert "**" not in render(table, "md", metrics, "vllm_default")  # compare's own output is unchanged
+
+
+ARMS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "arm").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_every_study_arm_builds_its_router_under_its_label(arm, compose):
+    from balanceroute.experiment import build_policy, run_label
+
+    cfg = compose([f"+arm={arm}"])
+    policy = build_policy(cfg)
+    assert run_label(cfg) == arm and policy.name == cfg.router.name and arm.startswith(policy.name)
+    assert cfg.backend.dispatch == ("pool" if arm.endswith("_pool") else "on_arrival")
+    if arm.startswith("fast_phi_k"):
+        assert policy.K == int(arm.removeprefix("fast_phi_k"))
+    if arm.startswith("br_h_"):
+        assert cfg.router.predictor == arm.removeprefix("br_h_")

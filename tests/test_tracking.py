@@ -15,12 +15,24 @@ import pytest
 from omegaconf import open_dict
 
 from analysis.collect import collect_runs
-from analysis.wandb_runs import collect_offline, collect_wandb, read_offline_run, read_records, result_of
+from analysis.wandb_runs import (
+    collect_offline,
+    collect_wandb,
+    read_offline_run,
+    read_records,
+    result_of,
+)
 from balanceroute.backends import ConfigError
 from balanceroute.experiment import run_experiment
 from balanceroute.tracking import NullTracker, record_run
 from balanceroute.tracking.secrets import REDACTED, redact, secret_values
-from balanceroute.tracking.wandb_sink import WandbOptions, WandbTracker, load_row, summary_of, thin_timeline
+from balanceroute.tracking.wandb_sink import (
+    WandbOptions,
+    WandbTracker,
+    load_row,
+    summary_of,
+    thin_timeline,
+)
 
 wandb = pytest.importorskip("wandb", reason="logger=wandb needs the wandb package (pip install 'balanceroute[wandb]')")
 
@@ -45,9 +57,10 @@ def offline_run(tmp_path_factory) -> Path:
     (root / "home").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "HYDRA_FULL_ERROR"}
     env.update(SECRETS, HOME=str(root / "home"))
-    proc = subprocess.run([sys.executable, str(RUN_PY), *SMALL, "logger=wandb", "logger.mode=offline",
-                           "logger.tags=[test]", "+model.hf_token=${oc.env:HF_TOKEN}", f"hydra.run.dir={root / 'run'}"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    args = [*SMALL, "logger=wandb", "logger.mode=offline", "logger.tags=[test]", "+model.hf_token=${oc.env:HF_TOKEN}",
+            f"hydra.run.dir={root / 'run'}"]
+    proc = subprocess.run([sys.executable, str(RUN_PY), *args], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stderr
     return root
 

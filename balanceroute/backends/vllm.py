@@ -34,7 +34,7 @@ from balanceroute.backends import ConfigError, RunOutput, RunSpec
 from balanceroute.bench import benchmark, load_tokenizer
 from balanceroute.metrics import BalanceAccumulator
 from balanceroute.sim.timeline import TIMELINE_COLUMNS
-from balanceroute.vllm_plugin.config import RouterConfig
+from balanceroute.vllm_plugin.config import UNPATCHED_ENV, RouterConfig
 from balanceroute.vllm_plugin.decision_log import ROUTE, engine_totals, read_decision_log
 from balanceroute.vllm_plugin.environment import (
     PluginNotInstalledError,
@@ -115,6 +115,8 @@ class VllmBackend:
             params = {k: v for k, v in spec.router.items() if k != "name"}
             env.update(RouterConfig(spec.router["name"], {**params, "seed": spec.seed},
                                     spec.run_dir.absolute() / DECISION_LOG).to_env())
+        else:
+            env.update(UNPATCHED_ENV)
         return VllmServer(cmd, spec.run_dir / SERVER_LOG, b["host"], port, env=env, cwd=spec.run_dir,
                           ready_timeout_s=b["ready_timeout_s"], stop_timeout_s=b["stop_timeout_s"])
 
@@ -149,9 +151,8 @@ class VllmBackend:
             raise ConfigError(f"backend=vllm: {exc}") from exc
         summary = dict(result.summary)
         for suffix, name in ENGINE_COUNTERS:
-            summary[f"vllm_engine_{suffix}"] = [
-                int(round(a - b)) for a, b in zip(engine_counter(after, name, self.dp), engine_counter(before, name,
-                                                                                                     self.dp))]
+            delta = zip(engine_counter(after, name, self.dp), engine_counter(before, name, self.dp))
+            summary[f"vllm_engine_{suffix}"] = [round(a - b) for a, b in delta]
         timeline = None
         if self.backend["plugin"]:
             events = list(read_decision_log(decisions)) if decisions.is_file() else []

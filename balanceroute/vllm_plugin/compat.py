@@ -59,8 +59,9 @@ def version_problems(version: str, *, any_version: bool = False) -> list[str]:
     series = ".".join(version.split("+")[0].split(".")[:2])
     if any_version or series in TESTED_VERSIONS:
         return []
-    return [f"vLLM {version} is not a tested version (tested: {', '.join(v + '.x' for v in TESTED_VERSIONS)}); "
-            f"set BALANCEROUTE_VLLM_ANY_VERSION=1 to try it (the internals below are still checked)"]
+    tested = ", ".join(v + ".x" for v in TESTED_VERSIONS)
+    return [(f"vLLM {version} is not a tested version (tested: {tested}); set BALANCEROUTE_VLLM_ANY_VERSION=1 to "
+             "try it (the internals below are still checked)")]
 
 
 def _missing(what: str, needed: Iterable[str], have: set[str]) -> list[str]:

@@ -26,6 +26,8 @@ ROUTER_ENV = "BALANCEROUTE_DP_ROUTER"
 PARAMS_ENV = "BALANCEROUTE_DP_ROUTER_PARAMS"
 DECISION_LOG_ENV = "BALANCEROUTE_DECISION_LOG"
 ANY_VERSION_ENV = "BALANCEROUTE_VLLM_ANY_VERSION"
+#: The environment that leaves vLLM unpatched even if the caller's environment names a router.
+UNPATCHED_ENV = {ROUTER_ENV: "", PARAMS_ENV: "", DECISION_LOG_ENV: ""}
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class RouterConfig:
     decision_log: Path | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "RouterConfig | None":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> RouterConfig | None:
         """The router the environment asks for, or None when ``BALANCEROUTE_DP_ROUTER`` is unset or empty.
 
         Raises ValueError naming the variable when the parameters are not a JSON object.
@@ -58,11 +60,10 @@ class RouterConfig:
         return cls(name, params, Path(log) if log else None)
 
     def to_env(self) -> dict[str, str]:
-        """The environment variables that make the plugin build this router."""
-        env = {ROUTER_ENV: self.policy, PARAMS_ENV: json.dumps(self.params, sort_keys=True)}
-        if self.decision_log is not None:
-            env[DECISION_LOG_ENV] = str(self.decision_log)
-        return env
+        """The environment variables that make the plugin build this router (all of them, so that values left
+        in the caller's environment by an earlier run cannot leak in)."""
+        return {ROUTER_ENV: self.policy, PARAMS_ENV: json.dumps(self.params, sort_keys=True),
+                DECISION_LOG_ENV: "" if self.decision_log is None else str(self.decision_log)}
 
     def build_policy(self) -> Policy:
         """The policy (ValueError naming the valid policies or parameters when the name or a value is bad)."""

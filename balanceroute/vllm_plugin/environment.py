@@ -70,9 +70,10 @@ def python_of(executable: Path) -> Path | None:
 def check_plugin(python: str | os.PathLike) -> None:
     """Raise :class:`PluginNotInstalledError` unless ``python``'s environment has balanceroute's entry point
     (it is run from a neutral folder: a checkout in the working directory would shadow the installed metadata)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     with tempfile.TemporaryDirectory() as neutral:
-        out = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, cwd=neutral,
-                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=120)
+        out = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, cwd=neutral, env=env,
+                             timeout=120, check=False)
     if out.returncode == 0 and json.loads(out.stdout or "[]"):
         return
     raise PluginNotInstalledError(

@@ -43,7 +43,10 @@ class _PassThroughParser(argparse.ArgumentParser):
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "serve", help="run vllm serve with a balanceroute policy as its data-parallel router",
-        description=__doc__.split("\n\n")[0] + " Unknown options are passed to vllm serve.", allow_abbrev=False)
+        description="Run vllm serve with a balanceroute policy as its data-parallel router (the balanceroute vLLM "
+                    "plugin must be installed in vLLM's environment). Options not listed here are passed to vllm "
+                    "serve unchanged; --api-server-count 1 is added unless given (exact KV tracking).",
+        allow_abbrev=False)
     parser.__class__ = _PassThroughParser  # add_parser builds the parent's class; this one passes extras on
     parser.add_argument("--model", required=True, help="model to serve (Hugging Face name or local folder)")
     parser.add_argument("--data-parallel-size", type=int, default=1, metavar="DP", help="DP engines (default 1)")

@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.skipif(REASON is not None, reason=RE
 def vllm(tmp_path_factory):
     work = tmp_path_factory.mktemp("vllm")
     model_dir = vllm_cpu.make_tiny_model(work / "model", size="small")
-    with vllm_cpu.vllm_server(model_dir, work / "vllm_serve.log", max_num_seqs=16) as server:
+    with vllm_cpu.vllm_server(model_dir, work / "vllm_serve.log", max_num_seqs=16,
+                              extra_args=vllm_cpu.CROSSCHECK_SERVER_ARGS) as server:
         yield server
 
 

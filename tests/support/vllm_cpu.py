@@ -137,6 +137,10 @@ def vllm_server(model_dir: Path, log_path: Path, *, model: str = "tiny", max_num
         stop_process_group(proc)
 
 
+#: Server options for client-to-client comparisons. No prefix caching: balanceroute's synthetic prompts are
+#: the same in every run of a seed, while vLLM's timed_trace draws new token ids in each process, so with
+#: caching the repeated runs of one client would skip prefill and the comparison would measure the cache.
+CROSSCHECK_SERVER_ARGS = ("--no-enable-prefix-caching",)
 TRACE_CHUNK = 16  # tokens per hash id in vLLM's timed_trace dataset (its default chunk size)
 
 

@@ -40,7 +40,7 @@ def _env_overrides(env: dict[str, str]) -> list[str]:
 
 
 def _no_process_mentions(text: str) -> bool:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
     return text not in out
 
 
@@ -58,7 +58,7 @@ def dense_run(tmp_path_factory):
             "workload.max_output_len=64", "rate=inf", f"hydra.run.dir={work / 'run'}", *_env_overrides(server_env)]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
     proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=1100)
+                          text=True, timeout=1100, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = work / "run"
     return run_dir, json.loads((run_dir / "result.json").read_text()), list(read_decision_log(

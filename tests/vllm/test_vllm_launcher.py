@@ -107,8 +107,8 @@ def test_a_group_deaf_to_sigterm_is_killed(tmp_path):
 
 
 def test_a_server_that_dies_fails_with_its_log_tail(tmp_path):
-    cmd = [sys.executable, "-c", "import sys; print('loading model'); print('CUDA out of memory', file=sys.stderr); "
-                                 "sys.exit(3)"]
+    prog = "import sys; print('loading model'); print('CUDA out of memory', file=sys.stderr); sys.exit(3)"
+    cmd = [sys.executable, "-c", prog]
     with pytest.raises(VllmServerError) as err:
         VllmServer(cmd, tmp_path / "server.log", "127.0.0.1", free_port(), ready_timeout_s=60).start()
     message = str(err.value)
@@ -200,10 +200,12 @@ def test_backend_builds_the_server_with_the_router_environment(compose, fake_vll
     assert '"K": 4' in server.env["BALANCEROUTE_DP_ROUTER_PARAMS"] and '"seed": 5' in server.env[
         "BALANCEROUTE_DP_ROUTER_PARAMS"]
     assert server.env["BALANCEROUTE_DECISION_LOG"] == str(tmp_path.absolute() / "decisions.jsonl")
+    backend.backend["plugin"] = False
+    assert backend.server(spec).env["BALANCEROUTE_DP_ROUTER"] == ""  # unpatched even if the caller's env names one
     assert "--enable-expert-parallel" in server.command and "--data-parallel-size" in server.command
 
 
 def test_stand_in_processes_are_gone():
     """No stand-in server of this module survives it (each test stops its process group)."""
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
     assert "http.server.ThreadingHTTPServer" not in out

@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 
 from balanceroute.policies import ClusterSnapshot, make_policy
+from balanceroute.vllm_plugin import serve_cli
 from balanceroute.vllm_plugin.client_router import ClientRouter, prompt_hash
 from balanceroute.vllm_plugin.compat import TESTED_VERSIONS, version_problems
 from balanceroute.vllm_plugin.config import (
     DECISION_LOG_ENV,
     PARAMS_ENV,
     ROUTER_ENV,
+    UNPATCHED_ENV,
     RouterConfig,
     parse_param,
 )
 from balanceroute.vllm_plugin.decision_log import DecisionLog, engine_totals, read_decision_log
-from balanceroute.vllm_plugin import serve_cli
 from tests.vllm.scenario import TRACKED_POLICIES, make_events, simulator_decisions
 
 
@@ -35,9 +36,13 @@ def test_no_router_variable_means_no_router():
 def test_config_round_trips_through_the_environment(tmp_path):
     config = RouterConfig("fast_phi", {"K": 3, "seed": 1}, tmp_path / "d.jsonl")
     env = config.to_env()
-    assert env == {ROUTER_ENV: "fast_phi", PARAMS_ENV: '{"K": 3, "seed": 1}', DECISION_LOG_ENV: str(tmp_path / "d.jsonl")}
+    assert env == {ROUTER_ENV: "fast_phi", PARAMS_ENV: '{"K": 3, "seed": 1}',
+                   DECISION_LOG_ENV: str(tmp_path / "d.jsonl")}
     assert RouterConfig.from_env(env) == config
     assert config.build_policy().K == 3
+    unlogged = RouterConfig("jsq").to_env()
+    assert unlogged[DECISION_LOG_ENV] == "" and RouterConfig.from_env(unlogged).decision_log is None
+    assert RouterConfig.from_env({**env, **UNPATCHED_ENV}) is None
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -243,8 +248,8 @@ def test_serve_keeps_a_given_api_server_count(tmp_path):
     (["--dp-router", "jsq", "--dp-router-param", "Q=1"], "error: jsq: unknown parameter(s) Q; valid parameters: seed"),
     (["--dp-router", "jsq", "--dp-router-param", "K"], "error: router parameter 'K' must be KEY=VALUE"),
     (["--dp-router", "jsq", "--data-parallel-size", "0"], "error: --data-parallel-size and --tensor-parallel-size"),
-    (["--dp-router", "jsq", "--vllm-bin", "/nowhere/vllm"], "error: the vllm executable given (/nowhere/vllm) is "
-                                                            "not an executable file"),
+    (["--dp-router", "jsq", "--vllm-bin", "/nowhere/vllm"],
+     "error: the vllm executable given (/nowhere/vllm) is not an executable file"),
 ])
 def test_serve_errors_are_one_line(argv, message, capsys):
     args = _serve(["--model", "m", *argv, "--dry-run"])
