@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "balanceroute.sim.cli",
     "balanceroute.data.cli",
     "launchers.plan",
+    "balanceroute.vllm_plugin.serve_cli",
 )
 
 

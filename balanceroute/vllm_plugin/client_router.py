@@ -45,7 +45,6 @@ class ClientRouter:
         self.tracker = EngineLoadTracker(num_engines, kv_capacity=kv_capacity)
         self.router = Router(policy, self.tracker)
         self.num_engines = num_engines
-        self.policy_name = config.policy
         self.hash_prompts = policy.needs_requests
         self.decisions = None if config.decision_log is None else DecisionLog(
             config.decision_log, client=client, policy=config.policy)
@@ -67,12 +66,12 @@ class ClientRouter:
         key = prompt_hash(token_ids) if self.hash_prompts else 0
         if engine is None:
             engine = self.router.route(request_id, prompt_len, prompt_hash=key)
-            snap = self.tracker.last_snapshot
+            if self.decisions is not None:
+                self.decisions.route(request_id, external_id, engine, how, prompt_len, self.tracker.last_snapshot)
         else:
-            snap = self.tracker.snapshot()
+            if self.decisions is not None:  # the load the request arrived to, though no policy was asked
+                self.decisions.route(request_id, external_id, engine, how, prompt_len, self.tracker.snapshot())
             self.tracker.routed(request_id, engine, prompt_len, prompt_hash=key)
-        if self.decisions is not None:
-            self.decisions.route(request_id, external_id, engine, how, prompt_len, snap)
         return engine
 
     def tokens(self, request_ids: Iterable[str], counts: Iterable[int]) -> None:
