@@ -200,11 +200,13 @@ def test_readme_local_override_example_applies(tmp_path):
 
 def readme_run_commands() -> list[list[str]]:
     """The overrides of every ``python run.py`` example in the README (first value of each swept list)."""
-    readme = (CONF_DIR.parent / "README.md").read_text()
+    readme = (CONF_DIR.parent / "README.md").read_text().replace("\\\n", " ")  # join continued lines
     commands = []
     for line in readme.splitlines():
         if line.startswith("python run.py"):
             args = shlex.split(line.split("#", 1)[0])[2:]
+            if "backend=vllm" in args:  # needs vLLM installed: the vllm tier runs such commands for real
+                continue
             commands.append([a.split(",")[0] if "=" in a else a for a in args if a != "-m"])
     return commands
 
