@@ -49,9 +49,9 @@ async def test_requests_leave_on_the_poisson_schedule(server):
     np.testing.assert_allclose(req["scheduled_s"], wl.arrival_s - wl.arrival_s[0])
     lateness = req["lateness_s"].to_numpy()
     assert np.all(lateness >= 0)  # never early
-    # precision is measured by benchmarks/bench_client_capacity.py; here: the schedule is followed (loose
-    # bounds, as the in-process server shares the event loop and CI machines are shared)
-    assert np.median(lateness) < 0.005 and np.percentile(lateness, 90) < 0.03
+    # how late requests leave is a timing figure: benchmarks/bench_client_capacity.py measures it; here only
+    # that the send order follows the schedule
+    assert np.all(np.diff(req.sort_values("scheduled_s")["arrival_s"].to_numpy()) >= 0)
     np.testing.assert_allclose(req["arrival_s"] - req["lateness_s"], req["scheduled_s"])
     assert res.summary["p99_arrival_error_ms"] == pytest.approx(np.percentile(lateness, 99) * 1000)
     assert req["queue_s"].eq(0).all()  # no concurrency limit: nobody waits for a slot
