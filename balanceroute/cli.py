@@ -13,6 +13,7 @@ import sys
 #: Modules that define subcommands, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES = (
     "balanceroute.sim.cli",
+    "balanceroute.bench.cli",
     "balanceroute.data.cli",
     "launchers.plan",
     "balanceroute.vllm_plugin.serve_cli",

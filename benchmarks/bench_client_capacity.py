@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from balanceroute.bench import run_benchmark  # noqa: E402
-from balanceroute.workload import synthetic  # noqa: E402
+from balanceroute.bench import run_benchmark
+from balanceroute.workload import synthetic
 
 BOUND_MS = 2.0
 

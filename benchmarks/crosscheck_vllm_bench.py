@@ -33,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from balanceroute.workload import synthetic  # noqa: E402
-from tests.support import vllm_cpu  # noqa: E402
+from balanceroute.workload import synthetic
+from tests.support import vllm_cpu
 
 CHECKED = ("output_throughput", "mean_ttft_ms", "mean_tpot_ms")
 SHOWN = ("completed", "failed", "total_input_tokens", "total_output_tokens", "duration", "request_throughput",

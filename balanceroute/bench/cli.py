@@ -180,7 +180,7 @@ def print_table(summary: dict[str, Any], file=sys.stdout) -> None:
     row("Total token throughput (tok/s):", "total_token_throughput")
     for metric, title in (("ttft", "Time to First Token"), ("tpot", "Time per Output Token (excl. 1st token)"),
                           ("itl", "Inter-token Latency"), ("e2el", "End-to-end Latency")):
-        print("{:-^50}".format(title), file=file)
+        print(f"{title:-^50}", file=file)
         for stat in ("mean", "median", "p99"):
             row(f"{stat.capitalize() if stat != 'p99' else 'P99'} {metric.upper()} (ms):", f"{stat}_{metric}_ms")
     print("{:-^50}".format("Client"), file=file)

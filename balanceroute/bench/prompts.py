@@ -11,8 +11,9 @@ see the sharing the workload describes. A tokenizer is optional: ``tokenizers`` 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

@@ -22,7 +22,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 import numpy as np

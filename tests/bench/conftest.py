@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # tests.support is imported from the repository root
     sys.path.insert(0, str(ROOT))
 
-from tests.support.openai_server import ServerConfig, serve  # noqa: E402
+from tests.support.openai_server import ServerConfig, serve
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ import json
 import re
 import socket
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from aiohttp import web
 

@@ -19,9 +19,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from balanceroute.workload import Workload
 
@@ -167,7 +168,7 @@ def vllm_bench_serve(server: VllmServer, trace: Path, num_prompts: int, result_d
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-result", "--result-dir", str(result_dir),
            "--result-filename", "vllm_result.json", "--disable-tqdm"]
     with open(log_path, "wb") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env())
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed ({proc.returncode}); log {log_path}:\n{_tail(log_path)}")
     return json.loads((result_dir / "vllm_result.json").read_text())
