@@ -159,6 +159,11 @@ class ClusterSnapshot:
             eligible=None if self.eligible is None else self.eligible.copy(),
         )
 
+    def open_workers(self) -> np.ndarray:
+        """Workers a pool placement may use now: eligible ones with a free slot."""
+        has_slot = self.free_slots > 0
+        return has_slot if self.eligible is None else has_slot & self.eligible
+
     def place(self, worker: int, prompt_len: float, *, prompt_hash: int = 0, output_len: int | None = None) -> None:
         """Record in this snapshot that a request of ``prompt_len`` tokens was just sent to ``worker``.
 

@@ -61,9 +61,7 @@ class BfIo(HorizonPolicy):
         out = Assignment()
         columns = np.arange(g)
         while waiting.any():
-            eligible = work.free_slots > 0
-            if snap.eligible is not None:
-                eligible &= snap.eligible
+            eligible = work.open_workers()  # free slots only shrink, so this narrows the previous mask
             if not eligible.any():
                 break
             work.eligible = eligible

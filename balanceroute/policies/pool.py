@@ -116,9 +116,7 @@ def two_stage_assign(policy: Policy, snap: ClusterSnapshot, pending: PendingRequ
     waiting = np.ones(len(prompts), dtype=bool)
     out = Assignment()
     while waiting.any():
-        eligible = work.free_slots > 0
-        if snap.eligible is not None:
-            eligible &= snap.eligible
+        eligible = work.open_workers()  # free slots only shrink, so this narrows the previous mask
         if not eligible.any():
             break
         work.eligible = eligible
