@@ -459,18 +459,3 @@ def summarize(requests: pd.DataFrame, *, duration_s: float | None = None, itl_s:
         raise ValueError(f"balance keys {clash} clash with request metrics")
     result.update(balance)
     return result
-
-
-def json_safe(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """``summary`` with numpy scalars as Python numbers and NaN/inf as None, so ``json.dump`` writes valid
-    JSON (vLLM's result files hold plain numbers)."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, (list, tuple, np.ndarray)):
-            return [clean(x) for x in v]
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        return v
-
-    return {k: clean(v) for k, v in summary.items()}

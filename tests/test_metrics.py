@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from balanceroute.results import jsonable
 from balanceroute.metrics import (
     REQUEST_COLUMNS,
     BalanceAccumulator,
     itl_from_token_times,
-    json_safe,
     per_worker_counts,
     records_frame,
     summarize,
@@ -78,7 +78,7 @@ def test_records_frame_rejects_bad_input(kwargs, needle):
 def test_records_roundtrip_parquet(tmp_path, run):
     run.to_parquet(tmp_path / "r.parquet")
     back = pd.read_parquet(tmp_path / "r.parquet")
-    assert json_safe(summarize(back)) == json_safe(summarize(run))  # parquet keeps float64 exactly
+    assert jsonable(summarize(back)) == jsonable(summarize(run))  # parquet keeps float64 exactly
 
 
 # ---- summary ----------------------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_empty_and_all_failed_runs_do_not_crash():
     assert s["completed"] == 0 and s["failed"] == 0 and math.isnan(s["duration"])
     assert math.isnan(s["request_throughput"]) and math.isnan(s["mean_ttft_ms"])
     assert s["worker_requests"] == [] and s["max_concurrent_requests"] == 0
-    json.dumps(json_safe(s), allow_nan=False)  # strict JSON: NaN became null
+    json.dumps(jsonable(s), allow_nan=False)  # strict JSON: NaN became null
 
     failed = records_frame(request_id=[0, 1], worker=[0, 1], arrival_s=[0.0, 1.0], finish_s=[2.0, 3.0],
                            prompt_len=[4, 4], output_len=[0, 0], target_output_len=[4, 4], status="failed",

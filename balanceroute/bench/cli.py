@@ -21,7 +21,8 @@ from typing import Any
 from balanceroute.bench.prompts import TextTokenizer, load_tokenizer
 from balanceroute.bench.result import BenchResult, write_result
 from balanceroute.bench.runner import run_benchmark
-from balanceroute.metrics import SLO_METRICS, json_safe
+from balanceroute.metrics import SLO_METRICS
+from balanceroute.results import jsonable
 from balanceroute.workload import DISTRIBUTIONS, Workload, load_azure_trace, load_sharegpt, synthetic
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"balanceroute bench: error: {exc}", file=sys.stderr)
         return 2
     write_result(run_dir, result, save_detailed=args.save_detailed)
-    summary = json_safe(result.summary)
+    summary = jsonable(result.summary)
     if args.json:
         print(json.dumps(summary))
     else:

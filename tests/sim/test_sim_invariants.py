@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sim_helpers import random_workload, run, workload
 
-from balanceroute.metrics import REQUEST_COLUMNS, json_safe
+from balanceroute.metrics import REQUEST_COLUMNS
+from balanceroute.results import jsonable
 from balanceroute.policies import Assignment, make_policy
 from balanceroute.policies.kv import JsqLoad
 from balanceroute.sim import SimConfig, simulate
@@ -78,8 +79,8 @@ def test_same_seed_same_result_and_a_different_policy_seed_differs():
     pd.testing.assert_frame_equal(first.requests, again.requests)
     pd.testing.assert_frame_equal(first.timeline, again.timeline)
     drop = {"sim_wall_time_s"}
-    # same seed, same numbers to the last bit (json_safe maps NaN to None so that equal NaNs compare equal)
-    assert json_safe({k: v for k, v in first.summary.items() if k not in drop}) == json_safe(
+    # same seed, same numbers to the last bit (jsonable maps NaN to None so that equal NaNs compare equal)
+    assert jsonable({k: v for k, v in first.summary.items() if k not in drop}) == jsonable(
         {k: v for k, v in again.summary.items() if k not in drop})
     assert first.requests.worker.tolist() != other.requests.worker.tolist()
 
