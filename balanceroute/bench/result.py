@@ -47,6 +47,7 @@ class RunInfo:
     workload_name: str = ""
     goodput_slo_ms: Mapping[str, float] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    request_id_prefix: str = ""
 
 
 @dataclass
@@ -143,6 +144,7 @@ def _client_keys(frame: pd.DataFrame, info: RunInfo, num_prompts: int) -> dict[s
         "seed": info.seed,
         "num_warmups": info.warmup,
         "interrupted": info.interrupted,
+        "request_id_prefix": info.request_id_prefix,
         "num_sent": len(frame),
         "token_count_source": _count_source(frame),
         "error_counts": dict(sorted(Counter(e for e in frame["error"] if e).items())),

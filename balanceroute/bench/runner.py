@@ -12,6 +12,11 @@ than it should have been (max of due time and slot time): the client's own sched
 Warm-up requests (the first ``warmup`` prompts) run before the clock starts and are not recorded. Each request
 has a total timeout. SIGINT (with ``handle_sigint``) or ``stop`` ends the run early: no new requests, the ones
 in flight are cancelled and recorded as ``unfinished``, and the result is marked ``interrupted``.
+
+Request ids. Request i goes out with the header ``X-Request-Id: <request_id_prefix>-<i>`` (warm-up requests
+``<prefix>-warmup-<i>``), which vLLM adopts as its request id and a routing proxy echoes: a server-side log
+(vLLM's, the balanceroute plugin's decision log) can then be joined to ``requests.parquet``. The prefix is
+recorded in the summary and is random per run unless given, so repeated runs never reuse an id.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import asyncio
 import logging
 import math
 import os
+import secrets
 import signal
 import sys
 import time
@@ -64,7 +70,7 @@ async def run_benchmark(target_url: str, workload: Workload, *, model: str, stre
                         worker_header: str | None = None, goodput_slo_ms: Mapping[str, float] | None = None,
                         metadata: Mapping[str, Any] | None = None, progress: bool = False,
                         save_texts: bool = False, handle_sigint: bool = False,
-                        stop: asyncio.Event | None = None) -> BenchResult:
+                        stop: asyncio.Event | None = None, request_id_prefix: str | None = None) -> BenchResult:
     """Send ``workload`` to ``target_url`` (a full ``.../v1/completions`` or ``.../v1/chat/completions`` URL).
 
     - ``model``: the served model name sent in every request.
@@ -81,6 +87,7 @@ async def run_benchmark(target_url: str, workload: Workload, *, model: str, stre
       ``burstiness`` are copied into it as ``vllm bench serve`` records them).
     - ``progress``: a progress bar on stderr; ``save_texts``: keep generated texts (for ``--save-detailed``).
     - ``handle_sigint`` / ``stop``: end early (see the module docstring).
+    - ``request_id_prefix``: ``X-Request-Id`` header prefix (see the module docstring; default: random).
 
     Returns the :class:`BenchResult`; request failures are recorded there, never raised. Raises ValueError for
     a bad URL or option.
@@ -90,15 +97,17 @@ async def run_benchmark(target_url: str, workload: Workload, *, model: str, stre
     texts, prompt_lens = prompt_texts(workload, tokenizer=tokenizer, seed=seed)
     chat = kind == "openai-chat"
     headers = _headers()
+    prefix = request_id_prefix or f"br-{secrets.token_hex(4)}"
     output_len = workload.output_len.tolist()
 
     def body(i: int) -> bytes:
         return build_payload(kind, model, texts[i], output_len[i], stream=stream, ignore_eos=ignore_eos,
                              continuous_usage=continuous_usage, extra_body=dict(extra_body or {}))
 
-    async def send(i: int, out: Outcome) -> None:
+    async def send(i: int, out: Outcome, tag: str = "") -> None:
         await send_request(session, target_url, body(i), out, stream=stream, chat=chat, timeout_s=timeout_s,
-                           headers=headers, worker_header=worker_header)
+                           headers={**headers, "X-Request-Id": f"{prefix}-{tag}{i}"},
+                           worker_header=worker_header)
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -128,7 +137,7 @@ async def run_benchmark(target_url: str, workload: Workload, *, model: str, stre
     info = RunInfo(target_url=target_url, endpoint_type=kind, model=model, stream=stream, ignore_eos=ignore_eos,
                    max_concurrency=max_concurrency, warmup=min(warmup, n), seed=seed, t0=t0, duration_s=duration,
                    interrupted=interrupted, workload_name=workload.name, goodput_slo_ms=goodput_slo_ms,
-                   metadata=dict(metadata or {}))
+                   metadata=dict(metadata or {}), request_id_prefix=prefix)
     return build_result(outcomes, workload, prompt_lens, due + t0, release, info)
 
 
@@ -141,7 +150,7 @@ async def _warm_up(send, count: int, max_concurrency: int | None) -> None:
     async def one(i: int) -> Outcome:
         async with sem:
             out = Outcome()
-            await send(i, out)
+            await send(i, out, "warmup-")
             return out
 
     outs = await asyncio.gather(*(one(i) for i in range(count)))

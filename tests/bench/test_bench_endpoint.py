@@ -117,6 +117,16 @@ async def test_worker_header_is_recorded(server_factory):
     assert res.summary["worker_requests"] == [0, 0, 0, 2]
 
 
+async def test_requests_carry_ids_a_server_log_can_be_joined_on(server_factory):
+    srv = await server_factory()
+    res = await run_benchmark(srv.url + COMPLETIONS, make_workload(3), model="m", warmup=1, request_id_prefix="run7")
+    assert sorted(srv.handler.request_ids) == ["run7-0", "run7-1", "run7-2", "run7-warmup-0"]
+    assert res.summary["request_id_prefix"] == "run7"
+    again = await run_benchmark(srv.url + COMPLETIONS, make_workload(1), model="m")
+    assert again.summary["request_id_prefix"] != res.summary["request_id_prefix"]  # random per run
+    assert srv.handler.request_ids[-1] == again.summary["request_id_prefix"] + "-0"
+
+
 def test_sync_wrapper_runs_in_its_own_loop():
     import asyncio
 

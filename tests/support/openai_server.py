@@ -71,6 +71,7 @@ class _Handler:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.bodies: list[dict] = []
+        self.request_ids: list[str | None] = []
         self.served = 0
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
@@ -78,6 +79,7 @@ class _Handler:
         body = await request.json()
         if self.config.record:
             self.bodies.append(body)
+            self.request_ids.append(request.headers.get("X-Request-Id"))
         self.served += 1
         chat = request.path.endswith("/chat/completions")
         prompt = _prompt_text(body)
