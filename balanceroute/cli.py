@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "balanceroute.data.cli",
     "launchers.plan",
     "balanceroute.vllm_plugin.serve_cli",
+    "balanceroute.emulate.cli",
 )
 
 

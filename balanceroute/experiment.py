@@ -31,9 +31,9 @@ from balanceroute.backends import ConfigError, RunSpec, config_key, make_backend
 from balanceroute.config_hash import NOT_RUN_DEFINING, config_hash, run_defining
 from balanceroute.policies import Policy
 from balanceroute.results import read_result
+from balanceroute.serving import slurm_job_id
 from balanceroute.tracking import finishing, make_tracker, record_run
 from balanceroute.workload import Workload
-from launchers.slurm_env import slurm_job_id
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,16 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from launchers.multinode import MODES, NodeLayout, head_args, headless_args, headless_command
+from balanceroute.serving.multinode import (
+    NodeLayout,
+    check_mode,
+    head_args,
+    headless_args,
+    headless_command,
+)
+from balanceroute.serving.slurm import srun_on
+from balanceroute.serving.vllm import serve_command as vllm_serve_command
 from launchers.resources import JobResources, ResourceError, job_resources
-from launchers.slurm_env import srun_on
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 LAUNCHER = "slurm"
@@ -78,25 +85,23 @@ def compose_run(overrides: list[str], config_dir: str) -> DictConfig:
 
 
 def serve_command(cfg: DictConfig) -> list[str] | None:
-    """The deployment's ``vllm serve`` command, built by :func:`launchers.vllm_server.serve_command` from the
+    """The deployment's ``vllm serve`` command, built by :func:`balanceroute.serving.vllm.serve_command` from the
     model's ``vllm`` section and the backend settings (None for a model without one); ``$PORT`` where the port
     is chosen at run time."""
-    from launchers.vllm_server import serve_command as build
-
     if cfg.model.get("vllm") is None:
         return None
     backend = OmegaConf.to_container(cfg.backend, resolve=True)
-    return build(backend.get("vllm_bin") or "vllm", OmegaConf.to_container(cfg.model.vllm, resolve=True),
-                 dp=cfg.parallel.dp, tp=cfg.parallel.tp, ep=cfg.parallel.ep, host=backend.get("host", "0.0.0.0"),
-                 port=backend.get("port") or "$PORT", api_server_count=backend.get("api_server_count"),
-                 extra_args=backend.get("args") or ())
+    model = OmegaConf.to_container(cfg.model.vllm, resolve=True)
+    return vllm_serve_command(backend.get("vllm_bin") or "vllm", model, dp=cfg.parallel.dp, tp=cfg.parallel.tp,
+                              ep=cfg.parallel.ep, host=backend.get("host", "0.0.0.0"),
+                              port=backend.get("port") or "$PORT", api_server_count=backend.get("api_server_count"),
+                              extra_args=backend.get("args") or ())
 
 
 def multinode_mode(cfg: DictConfig) -> str:
     """``backend.multinode`` (``ray`` unless the backend config says otherwise)."""
     mode = cfg.backend.get("multinode", "ray")
-    if mode not in MODES:
-        raise ResourceError(f"backend.multinode: unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    check_mode(mode)
     return mode
 
 

@@ -2,7 +2,7 @@
 
 A simulator run needs one task with ``hydra.launcher.cpus_per_task`` CPUs and ``mem_gb`` of memory. A run that
 serves a model (``backend=vllm``) needs ``parallel.dp * parallel.tp`` GPUs: whole nodes of
-``hydra.launcher.gpus_per_node`` GPUs laid out by :class:`launchers.multinode.NodeLayout`,
+``hydra.launcher.gpus_per_node`` GPUs laid out by :class:`balanceroute.serving.multinode.NodeLayout`,
 ``cpus_per_gpu`` CPUs per GPU and ``server_mem_gb`` of host memory per node, each overridden by the model's entry
 of ``hydra.launcher.model_resources`` (host memory, time limit, node constraint such as a GPU type). On several
 nodes the job body runs once, on the first node (``srun --nodes=1 --ntasks=1``); the other nodes are reached from
@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from launchers.multinode import LayoutError, NodeLayout
+from balanceroute.serving.multinode import LayoutError, NodeLayout
 
 #: Backends that start a model server on the allocation's GPUs (their runs get GPUs and whole-node layouts).
 SERVER_BACKENDS = frozenset({"vllm"})

@@ -1,4 +1,4 @@
-"""Backends: what executes a run (the simulator now; the routing proxy and real vLLM later).
+"""Backends: what executes a run (the simulator, an emulated vLLM fleet in real time, real vLLM; the proxy).
 
 A backend is a class built from the whole configuration. Its constructor only checks its own config sections
 (raising :class:`ConfigError` that names the offending key) and does no work, so a bad value stops a run before
@@ -11,6 +11,7 @@ Adding one: write the class, add ``name: "package.module:Class"`` to :data:`BACK
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,11 +29,23 @@ from balanceroute.workload import Workload
 BACKENDS: dict[str, str] = {
     "sim": "balanceroute.backends.sim:SimBackend",
     "vllm": "balanceroute.backends.vllm:VllmBackend",
+    "emulated": "balanceroute.backends.emulated:EmulatedBackend",
 }
 
 
 class ConfigError(ValueError):
     """A configuration value a user can fix; the message starts with the config key, e.g. ``rate: ...``."""
+
+
+def check_positive(key: str, value: Any, *, integer: bool = False, allow_none: bool = False) -> None:
+    """ConfigError naming ``key`` unless ``value`` is a finite number > 0 (an int with ``integer``; None allowed
+    with ``allow_none``)."""
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+    if not ok or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{key}: must be {kind} > 0{' or null' if allow_none else ''}, got {value!r}")
 
 
 @contextmanager

@@ -1,10 +1,12 @@
 """The vLLM backend: ``backend=vllm`` serves ``model`` with real vLLM, routed by ``router`` inside vLLM's DP front end.
 
-A run starts ``vllm serve`` (:mod:`launchers.vllm_server`) with the balanceroute plugin enabled through the
+A run starts ``vllm serve`` (:mod:`balanceroute.serving.vllm`) with the balanceroute plugin enabled through the
 environment (:mod:`balanceroute.vllm_plugin`), sends the workload with the benchmark client
-(:mod:`balanceroute.bench`), reads what happened per engine, and stops the server. The run folder gets, besides
-the usual result files, ``vllm_server.log`` and ``decisions.jsonl`` (every routing decision with the snapshot it
-saw). Per-engine results:
+(:mod:`balanceroute.bench`), reads what happened per engine, and stops the server. Inside a SLURM allocation of
+several nodes the deployment spans them (:func:`balanceroute.serving.multinode.across_allocation`, mode
+``backend.multinode``: Ray workers or headless vLLM engines on the other nodes, the front end on this one). The
+run folder gets, besides the usual result files, ``vllm_server.log`` and ``decisions.jsonl`` (every routing
+decision with the snapshot it saw). Per-engine results:
 
 - ``worker_requests`` / ``worker_prompt_tokens`` / ``worker_output_tokens``: from the decision log (what the
   router did and the KV it tracked; warm-up requests included);
@@ -21,7 +23,6 @@ vllm.yaml).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -30,12 +31,25 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from balanceroute.backends import ConfigError, RunOutput, RunSpec
+from balanceroute.backends import ConfigError, RunOutput, RunSpec, check_positive
 from balanceroute.bench import benchmark, load_tokenizer
 from balanceroute.metrics import BalanceAccumulator
+from balanceroute.serving import (
+    ENGINE_COUNTERS,
+    ServerError,
+    VllmServer,
+    engine_counter,
+    free_port,
+    serve_command,
+)
+from balanceroute.serving.multinode import LayoutError, across_allocation, check_mode
 from balanceroute.sim.timeline import TIMELINE_COLUMNS
 from balanceroute.vllm_plugin.config import UNPATCHED_ENV, RouterConfig
-from balanceroute.vllm_plugin.decision_log import ROUTE, engine_totals, read_decision_log
+from balanceroute.vllm_plugin.decision_log import (
+    ROUTE,
+    engine_totals,
+    read_decision_log,
+)
 from balanceroute.vllm_plugin.environment import (
     PluginNotInstalledError,
     VllmNotFoundError,
@@ -43,22 +57,12 @@ from balanceroute.vllm_plugin.environment import (
     find_vllm,
     python_of,
 )
-from launchers.vllm_server import ENGINE_COUNTERS, VllmServer, VllmServerError, engine_counter, free_port, serve_command
 
 log = logging.getLogger(__name__)
 
 SERVER_LOG = "vllm_server.log"
 DECISION_LOG = "decisions.jsonl"
 _BENCH_KEYS = ("endpoint", "stream", "ignore_eos", "max_concurrency", "warmup", "timeout_s", "tokenizer")
-
-
-def _positive(key: str, value: Any, *, integer: bool = False, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
-    if not ok or (integer and not isinstance(value, int)):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{key}: must be {kind} > 0{' or null' if allow_none else ''}, got {value!r}")
 
 
 class VllmBackend:
@@ -77,39 +81,46 @@ class VllmBackend:
                               "(the tiny CPU models are made by tests/vllm/tiny_models.py)")
         self.served_model = str(self.model.get("served_model_name") or self.model["model"])
         self.dp, self.tp, self.ep = int(cfg.parallel.dp), int(cfg.parallel.tp), bool(cfg.parallel.ep)
-        _positive("backend.api_server_count", backend["api_server_count"], integer=True, allow_none=True)
-        _positive("backend.port", backend["port"], integer=True, allow_none=True)
-        _positive("backend.ready_timeout_s", backend["ready_timeout_s"])
-        _positive("backend.stop_timeout_s", backend["stop_timeout_s"])
+        check_positive("backend.api_server_count", backend["api_server_count"], integer=True, allow_none=True)
+        check_positive("backend.port", backend["port"], integer=True, allow_none=True)
+        check_positive("backend.ready_timeout_s", backend["ready_timeout_s"])
+        check_positive("backend.stop_timeout_s", backend["stop_timeout_s"])
         unknown = sorted(set(backend["bench"]) - set(_BENCH_KEYS))
         if unknown:
             raise ConfigError(f"backend.bench: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_BENCH_KEYS)}")
         if not isinstance(backend["plugin"], bool):
             raise ConfigError(f"backend.plugin: must be true or false, got {backend['plugin']!r}")
+        try:
+            check_mode(backend["multinode"])
+        except LayoutError as exc:
+            raise ConfigError(str(exc)) from None
         self.backend = backend
         try:
             self.vllm_bin = find_vllm(backend["vllm_bin"], venv=os.environ.get("VLLM_CPU_VENV"))
         except VllmNotFoundError as exc:
             raise ConfigError(f"backend.vllm_bin: {exc}") from None
+        #: vLLM's interpreter: Ray nodes on an allocation must run the Ray of vLLM's environment.
+        self.python = backend["python"] or python_of(self.vllm_bin)
         if backend["plugin"]:
-            python = backend["python"] or python_of(self.vllm_bin)
-            if python is None:
+            if self.python is None:
                 log.warning("cannot tell which Python %s runs with (set backend.python); the plugin's presence is "
                             "checked after the run instead", self.vllm_bin)
             else:
                 try:
-                    check_plugin(python)
+                    check_plugin(self.python)
                 except PluginNotInstalledError as exc:
                     raise ConfigError(f"backend.python: {exc}") from None
 
     # ---- the run ---------------------------------------------------------------------------------------------------
     def server(self, spec: RunSpec) -> VllmServer:
-        """The managed server for ``spec`` (not started): command, log file and environment."""
+        """The managed server for ``spec`` (not started): command, log file and whole environment (this
+        process's, plus the backend's and the model's ``env`` and the router's variables)."""
         b = self.backend
         port = b["port"] or free_port(b["host"])
         cmd = serve_command(self.vllm_bin, self.model, dp=self.dp, tp=self.tp, ep=self.ep, host=b["host"],
                             port=port, api_server_count=b["api_server_count"], extra_args=b["args"])
-        env = {str(k): str(v) for k, v in (b["env"] or {}).items()}
+        env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in (b["env"] or {}).items()})
         env.update({str(k): str(v) for k, v in (self.model.get("env") or {}).items()})
         if b["plugin"]:
             params = {k: v for k, v in spec.router.items() if k != "name"}
@@ -118,7 +129,7 @@ class VllmBackend:
         else:
             env.update(UNPATCHED_ENV)
         return VllmServer(cmd, spec.run_dir / SERVER_LOG, b["host"], port, env=env, cwd=spec.run_dir,
-                          ready_timeout_s=b["ready_timeout_s"], stop_timeout_s=b["stop_timeout_s"])
+                          ready_timeout_s=b["ready_timeout_s"], stop_grace_s=b["stop_timeout_s"])
 
     def _tokenizer(self):
         if not self.backend["bench"]["tokenizer"]:
@@ -140,14 +151,21 @@ class VllmBackend:
         tokenizer = self._tokenizer()
         server = self.server(spec)
         try:
-            with server:
-                before = server.metrics()
-                started = time.time()
-                result = benchmark(server.url + endpoint, spec.workload, model=self.served_model,
-                                   tokenizer=tokenizer, seed=spec.seed, progress=spec.progress, **bench)
-                server.check_alive()
-                after = server.metrics()
-        except VllmServerError as exc:
+            # One node (or no SLURM): nothing to add. Several: the other nodes' part is started here, and the
+            # server's health wait and liveness checks also watch it, so a dead node fails the run with its log.
+            with across_allocation(server.command, spec.run_dir, dp=self.dp, tp=self.tp,
+                                   mode=self.backend["multinode"], python=self.python, env=server.env) as head:
+                server.command += head.args
+                server.env.update(head.env)
+                server.watch.append(head.check_alive)
+                with server:
+                    before = server.metrics()
+                    started = time.time()
+                    result = benchmark(server.url + endpoint, spec.workload, model=self.served_model,
+                                       tokenizer=tokenizer, seed=spec.seed, progress=spec.progress, **bench)
+                    server.check_alive()
+                    after = server.metrics()
+        except (ServerError, LayoutError) as exc:
             raise ConfigError(f"backend=vllm: {exc}") from exc
         summary = dict(result.summary)
         for suffix, name in ENGINE_COUNTERS:

@@ -20,20 +20,24 @@ next completion, the next possible KV shortage, the next arrival or deadline): t
 (``L_g + m * running_g`` at step m), so their step times are a small (steps x workers) array and the per-request
 counters advance by the stretch length at once. KV blocks in use are bounded by ``load / block_size + running``
 and counted exactly only when that bound comes near the capacity.
+
+A group is driven by a host (:class:`StepHost`): the simulator's :class:`~balanceroute.sim.simulator.Simulation`,
+which runs it from one known arrival to the next, or the emulator's live engine (:mod:`balanceroute.emulate`),
+which runs it against a wall clock and hands the tokens of each step to HTTP clients. The step code is the same.
 """
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from balanceroute.sim.state import COMPLETED, FAILED, QUEUED, RUNNING, TIMEOUT
+from balanceroute.load import LoadTracker, Router
+from balanceroute.metrics import BalanceAccumulator
+from balanceroute.sim.presets import ModelPreset
+from balanceroute.sim.state import COMPLETED, FAILED, QUEUED, RUNNING, TIMEOUT, RequestState, WeightedSamples
 from balanceroute.sim.timeline import TimelineBuffer
-
-if TYPE_CHECKING:
-    from balanceroute.sim.simulator import Simulation
 
 # ufunc reductions without the ndarray-method wrappers (a hot path on arrays of a few workers)
 _max, _sum, _cumsum = np.maximum.reduce, np.add.reduce, np.add.accumulate
@@ -49,10 +53,32 @@ _STEPS = np.arange(MAX_SPAN, dtype=np.float64)  # step offsets m of a stretch, a
 _STEPS_COL = _STEPS[:, None]
 
 
+class StepHost(Protocol):
+    """What a step group reads from and reports to the one driving it."""
+
+    req: RequestState            # every request's state (the group's rows and queues hold indices into it)
+    model: ModelPreset
+    tracker: LoadTracker         # told of admissions, preemptions and tokens
+    router: Router               # told of failures (timeouts)
+    itl: WeightedSamples         # inter-token gaps
+    balance: BalanceAccumulator  # per-step balance (groups built with record_balance only)
+    timeout_s: float
+    timeline_rows_per_group: int
+
+    def pool_wants_steps(self) -> bool:
+        """True when the host may place requests at the next step boundary (so steps must not be batched)."""
+
+    def completed(self, requests: np.ndarray) -> None:
+        """These requests just finished (status, counters and finish time are written back)."""
+
+    def on_boundary(self, group: StepGroup) -> None:
+        """``group`` reached a step boundary (at ``group.clock``); the host may enqueue or abort requests."""
+
+
 class StepGroup:
     """Workers ``first_worker .. first_worker + num_workers - 1`` stepping together."""
 
-    def __init__(self, sim: "Simulation", first_worker: int, num_workers: int, *, record_balance: bool) -> None:
+    def __init__(self, sim: StepHost, first_worker: int, num_workers: int, *, record_balance: bool) -> None:
         self.sim = sim
         self.req = sim.req
         self.first = first_worker
@@ -102,7 +128,12 @@ class StepGroup:
         return self.n == 0 and self.n_wait == 0
 
     def enqueue(self, r: int, worker: int, now: float) -> None:
-        """Request r was sent to (global) ``worker`` at time ``now``; it waits for the worker's next step."""
+        """Request r was sent to (global) ``worker`` at time ``now`` (and recorded there by the host's tracker);
+        it waits for the worker's next step."""
+        req = self.req
+        req.worker[r] = worker
+        req.slot[r] = self.sim.tracker.slot_of(r)
+        req.status[r] = QUEUED
         if self.idle:
             self.clock = max(self.clock, now)  # an idle engine starts a step as soon as work arrives
             self._ends = None
@@ -112,7 +143,7 @@ class StepGroup:
         self.queues[g].append(r)
         self.waiting[g] += 1
         self.n_wait += 1
-        heapq.heappush(self.deadlines, (self.req.client_arrival[r] + self.sim.timeout_s, r))
+        heapq.heappush(self.deadlines, (req.client_arrival[r] + self.sim.timeout_s, r))
 
     def pending_end(self) -> float:
         """End time of the group's next step (inf when idle)."""
@@ -475,40 +506,63 @@ class StepGroup:
                 self._complete(done)
         if self.deadlines and self.deadlines[0][0] <= self.clock and self._expire():
             self._ends = None
-        self.sim.on_boundary(self.clock)
+        self.sim.on_boundary(self)
 
     def _complete(self, done: np.ndarray) -> None:
-        tab, req, router = self.tab, self.req, self.sim.router
+        tab, req = self.tab, self.req
         idx = done.nonzero()[0]
         rid = tab[RID, idx]
         req.generated[rid] = tab[J, idx]
         req.status[rid] = COMPLETED
         req.finish[rid] = self.clock
-        for r in rid.tolist():
-            router.finish(r)
         self._release_rows(idx, done)
+        self.sim.completed(rid)
 
     def _expire(self) -> bool:
         """Fail every request of the group whose deadline has passed (waiting or running); True if any did."""
         req, router, clock = self.req, self.sim.router, self.clock
         heap, status = self.deadlines, req.status
-        running: list[int] = []
-        failed = False
+        late: list[int] = []
         while heap and heap[0][0] <= clock:
             _, r = heapq.heappop(heap)
-            if status[r] == QUEUED:
-                w = int(req.worker[r]) - self.first
-                self.waiting[w] -= 1
-                self.n_wait -= 1
-            elif status[r] == RUNNING:
-                running.append(r)
-            else:
-                continue
+            if status[r] in (QUEUED, RUNNING):
+                late.append(r)
+        if not late:
+            return False
+        self._take_out(late)
+        for r in late:
             status[r] = FAILED
             req.error[r] = TIMEOUT
             req.finish[r] = clock
             router.abort(r)
-            failed = True
+        return True
+
+    def abort(self, r: int, error: int) -> None:
+        """Fail request r (queued or running here) with ``error``; the caller releases it from the tracker.
+
+        A queued request may be aborted at any time; a running one only at a step boundary (from the host's
+        :meth:`StepHost.on_boundary`), since the planned steps include its row: the plan is dropped and the next
+        step scheduled without it, as vLLM frees an aborted request's KV before its next step.
+        """
+        running = self.req.status[r] == RUNNING
+        self._take_out([r])
+        self.req.status[r] = FAILED
+        self.req.error[r] = error
+        self.req.finish[r] = self.clock
+        if running:
+            self._ends = None
+
+    def _take_out(self, requests: list[int]) -> None:
+        """Remove queued or running requests from the queues' counts and the running table (counters saved)."""
+        req, status = self.req, self.req.status
+        running = []
+        for r in requests:
+            if status[r] == QUEUED:  # its queue entry is dropped when it surfaces
+                w = int(req.worker[r]) - self.first
+                self.waiting[w] -= 1
+                self.n_wait -= 1
+            else:
+                running.append(r)
         if running:
             n = self.n
             hit = np.isin(self.tab[RID, :n], running)
@@ -517,7 +571,6 @@ class StepGroup:
             self.n_pf -= int(self.tab[PF, idx].sum())
             self.n_nofirst -= int((self.tab[J, idx] == 0).sum())
             self._release_rows(idx, hit)
-        return failed
 
     def _release_rows(self, idx: np.ndarray, mask: np.ndarray) -> None:
         self.n_run -= np.bincount(self.tab[W, idx], minlength=self.G)

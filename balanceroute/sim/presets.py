@@ -86,7 +86,12 @@ class ModelPreset:
         """Whole KV blocks per worker (a partial block cannot be allocated)."""
         return self.kv_capacity_tokens // self.block_size
 
-    def with_overrides(self, **overrides: Any) -> "ModelPreset":
+    def fits(self, prompt_len: int, output_len: int) -> bool:
+        """Whether a request's KV fits one worker: its prompt and every output token but the last (which is
+        sampled, never stored) in whole blocks."""
+        return prompt_len + output_len - 1 <= self.kv_capacity_blocks * self.block_size
+
+    def with_overrides(self, **overrides: Any) -> ModelPreset:
         """A copy with some coefficients or limits changed (the Hydra ``model.*`` overrides).
 
         Raises ValueError naming an unknown key (and the valid ones) or an out-of-range value.

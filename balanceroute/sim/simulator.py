@@ -177,7 +177,6 @@ class Simulation:
         self.req = RequestState(order, arrival[order], client[order], prompt[order],
                                 np.asarray(workload.output_len, dtype=np.int64)[order],
                                 np.asarray(workload.prompt_hash, dtype=np.int64)[order], disaggregated=disagg)
-        self.max_kv_tokens = m.kv_capacity_blocks * m.block_size
         self.tracker = LoadTracker(g, kv_capacity=m.kv_capacity_tokens, max_num_seqs=m.max_num_seqs,
                                    initial_slots=min(len(workload), g * m.max_num_seqs * 2) + 16)
         self.router = Router(policy, self.tracker)
@@ -247,7 +246,7 @@ class Simulation:
     # ---- arrivals and routing ----------------------------------------------------------------------------------------
     def _arrive(self, r: int, now: float) -> None:
         req = self.req
-        if req.prompt[r] + req.output[r] - 1 > self.max_kv_tokens:
+        if not self.model.fits(int(req.prompt[r]), int(req.output[r])):
             req.status[r] = FAILED
             req.error[r] = KV_CAPACITY
             req.finish[r] = now
@@ -260,10 +259,6 @@ class Simulation:
         self._enqueue(r, worker, now)
 
     def _enqueue(self, r: int, worker: int, now: float) -> None:
-        req = self.req
-        req.worker[r] = worker
-        req.slot[r] = self.tracker.slot_of(r)
-        req.status[r] = QUEUED
         self.groups[self.group_of[worker]].enqueue(r, worker, now)
 
     def pool_wants_steps(self) -> bool:
@@ -274,10 +269,15 @@ class Simulation:
         t = self.tracker
         return self.model.max_num_seqs - (t.running + t.waiting)
 
-    def on_boundary(self, now: float) -> None:
+    def completed(self, requests: np.ndarray) -> None:
+        """A step group finished these requests: release their load (and teach learning policies)."""
+        for r in requests.tolist():
+            self.router.finish(r)
+
+    def on_boundary(self, group: StepGroup) -> None:
         """Called by a step group after each step: pool placement and, if asked, invariant checks."""
         if self.pool_mode and len(self.pool):
-            self._place(now)
+            self._place(group.clock)
         if self.config.check_invariants:
             self.check_invariants()
 

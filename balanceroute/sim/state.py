@@ -14,8 +14,19 @@ PENDING, POOLED, QUEUED, RUNNING, COMPLETED, FAILED = range(6)
 STATUS_NAMES = {PENDING: "unfinished", POOLED: "unfinished", QUEUED: "unfinished", RUNNING: "unfinished",
                 COMPLETED: "completed", FAILED: "failed"}
 # error codes
-NO_ERROR, TIMEOUT, KV_CAPACITY = range(3)
-ERROR_NAMES = ("", "timeout", "kv_capacity")
+NO_ERROR, TIMEOUT, KV_CAPACITY, ABORTED = range(4)
+ERROR_NAMES = ("", "timeout", "kv_capacity", "aborted")
+
+
+#: Per-request columns that start at a constant, as (dtype, initial value); ``computed`` and ``needs_prefill``
+#: depend on the deployment shape (:meth:`RequestState._initial_progress`).
+_CONSTANT_COLUMNS = {
+    "status": (np.int8, PENDING), "error": (np.int8, NO_ERROR), "worker": (np.int64, -1), "slot": (np.int64, -1),
+    "generated": (np.int64, 0), "first_token": (np.float64, np.nan), "last_token": (np.float64, np.nan),
+    "finish": (np.float64, np.nan), "preemptions": (np.int64, 0),
+}
+#: Columns given per request when it is added.
+_GIVEN_COLUMNS = ("request_id", "arrival", "client_arrival", "prompt", "output", "prompt_hash")
 
 
 class RequestState:
@@ -28,31 +39,72 @@ class RequestState:
       the next one (vLLM V1's unified prefill/decode view).
     - ``needs_prefill``: the request's next admission computes more than one token (a colocated prompt or a
       recompute after preemption), so its tokens are charged at the prefill rate p.
+
+    A simulation knows its requests up front and builds the state from arrays; a live engine
+    (:mod:`balanceroute.emulate`) learns of requests one at a time: it starts from :meth:`empty` and calls
+    :meth:`append`, and the columns double their capacity when full (``n`` counts the requests; the columns may
+    be longer).
     """
 
     def __init__(self, order: np.ndarray, arrival: np.ndarray, client_arrival: np.ndarray, prompt: np.ndarray,
                  output: np.ndarray, prompt_hash: np.ndarray, *, disaggregated: bool) -> None:
         n = len(order)
         self.n = n
+        self.disaggregated = disaggregated
         self.request_id = order
         self.arrival = arrival
         self.client_arrival = client_arrival
         self.prompt = prompt
         self.output = output
         self.prompt_hash = prompt_hash
-        self.status = np.full(n, PENDING, dtype=np.int8)
-        self.error = np.zeros(n, dtype=np.int8)
-        self.worker = np.full(n, -1, dtype=np.int64)
-        self.slot = np.full(n, -1, dtype=np.int64)
-        self.generated = np.zeros(n, dtype=np.int64)
-        # disaggregated: the prompt's KV arrives computed except its last token, which the decode worker computes
-        # to sample the first output token (vLLM recomputes the last token of a full prefix hit to get logits)
-        self.computed = prompt - 1 if disaggregated else np.zeros(n, dtype=np.int64)
-        self.needs_prefill = np.full(n, not disaggregated)
-        self.first_token = np.full(n, np.nan)
-        self.last_token = np.full(n, np.nan)  # kept across a preemption: the next token's gap starts there
-        self.finish = np.full(n, np.nan)
-        self.preemptions = np.zeros(n, dtype=np.int64)
+        for name, (dtype, value) in _CONSTANT_COLUMNS.items():
+            setattr(self, name, np.full(n, value, dtype=dtype))
+        self.computed, self.needs_prefill = self._initial_progress(prompt)
+
+    def _initial_progress(self, prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``computed`` and ``needs_prefill`` of new requests with these prompt lengths.
+
+        Disaggregated: the prompt's KV arrives computed except its last token, which the decode worker computes to
+        sample the first output token (vLLM recomputes the last token of a full prefix hit to get logits).
+        """
+        if self.disaggregated:
+            return prompt - 1, np.zeros(prompt.shape, dtype=bool)
+        return np.zeros(prompt.shape, dtype=np.int64), np.ones(prompt.shape, dtype=bool)
+
+    @classmethod
+    def empty(cls, capacity: int = 1024, *, disaggregated: bool = False) -> RequestState:
+        """No requests yet, room for ``capacity`` before the first doubling."""
+        state = cls(*(np.zeros(capacity, dtype=np.float64 if name.endswith("arrival") else np.int64)
+                      for name in _GIVEN_COLUMNS), disaggregated=disaggregated)
+        state.n = 0
+        return state
+
+    def append(self, arrival: float, prompt: int, output: int, prompt_hash: int = 0,
+               client_arrival: float | None = None) -> int:
+        """Add one request (its id is its index, which it returns); doubles the columns when they are full."""
+        r = self.n
+        if r == len(self.status):
+            self._grow()
+        self.request_id[r] = r
+        self.arrival[r] = arrival
+        self.client_arrival[r] = arrival if client_arrival is None else client_arrival
+        self.prompt[r] = prompt
+        self.output[r] = output
+        self.prompt_hash[r] = prompt_hash
+        for name, (_, value) in _CONSTANT_COLUMNS.items():
+            getattr(self, name)[r] = value
+        computed, needs_prefill = self._initial_progress(np.array([prompt], dtype=np.int64))
+        self.computed[r], self.needs_prefill[r] = computed[0], needs_prefill[0]
+        self.n = r + 1
+        return r
+
+    def _grow(self) -> None:
+        size = max(16, 2 * len(self.status))
+        for name in (*_GIVEN_COLUMNS, *_CONSTANT_COLUMNS, "computed", "needs_prefill"):
+            old = getattr(self, name)
+            new = np.zeros(size, dtype=old.dtype)
+            new[:old.size] = old
+            setattr(self, name, new)
 
 
 class WeightedSamples:

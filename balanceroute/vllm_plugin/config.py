@@ -2,7 +2,7 @@
 
 vLLM's API servers and engines are separate processes started by ``vllm serve``; the only channel that reaches
 all of them unchanged is the environment. ``balanceroute serve``, the managed server
-(:mod:`launchers.vllm_server`) and a user's own shell therefore all describe the router the same way:
+(:mod:`balanceroute.serving.vllm`) and a user's own shell therefore all describe the router the same way:
 
 - ``BALANCEROUTE_DP_ROUTER``: a policy name (:func:`balanceroute.policies.available_policies`). Unset or empty:
   the plugin does nothing and vLLM routes with its own rule.

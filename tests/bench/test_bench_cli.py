@@ -76,7 +76,7 @@ async def test_sharegpt_texts_are_sent(server, tmp_path):
 
 
 async def test_unreachable_server_still_writes_the_result_and_says_why(tmp_path):
-    from tests.support.vllm_cpu import free_port
+    from balanceroute.serving import free_port
     url = f"http://127.0.0.1:{free_port()}/v1/completions"
     code, _, err = await bench("--target", url, "--model", "m", "--num-requests", "3", "--json",
                                  "--no-progress", "--output", str(tmp_path / "run"))

@@ -7,8 +7,8 @@ import argparse
 import pytest
 from omegaconf import OmegaConf
 
+from balanceroute.serving.multinode import LayoutError, NodeLayout, head_args, headless_args, headless_command
 from launchers import plan, submission
-from launchers.multinode import LayoutError, NodeLayout, head_args, headless_args, headless_command
 from launchers.resources import ResourceError, job_resources
 
 
@@ -111,7 +111,7 @@ def test_plan_prints_allocations_and_the_server_command(capsys):
     assert "--data-parallel-backend ray" in out and "--data-parallel-size 16" in out
 
     assert run_plan("--json", "--", "-m", "backend=vllm", "parallel.dp=8,16", "model=qwen3_30b_a3b",
-                    "+backend.multinode=native") == 0
+                    "backend.multinode=native") == 0
     data = __import__("json").loads(capsys.readouterr().out)
     assert data["runs"] == 2 and [a["submitit"]["nodes"] for a in data["allocations"]] == [1, 2]
     native = data["allocations"][1]["commands"]

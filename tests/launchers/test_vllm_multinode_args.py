@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from launchers.multinode import NodeLayout, head_args, headless_args, headless_command
-from launchers.vllm_server import serve_command
+from balanceroute.serving.multinode import NodeLayout, head_args, headless_args, headless_command
+from balanceroute.serving.vllm import serve_command
 from tests.support import vllm_cpu
 
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(vllm_cpu.skip_reason() is not None,

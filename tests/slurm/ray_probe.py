@@ -1,5 +1,5 @@
 """Run inside a SLURM allocation (``salloc ... python ray_probe.py LOG_DIR``): form a Ray cluster from it with
-:func:`launchers.multinode.allocation_ray_cluster`, print what Ray reports as one JSON line, tear it down.
+:func:`balanceroute.serving.multinode.allocation_ray_cluster`, print what Ray reports as one JSON line, tear it down.
 
 The test cluster has one node, so the allocation is read as two "nodes" on the same host: the head starts
 locally and the worker through ``srun`` as a job step, exactly as on a real cluster, on ports of its own."""
@@ -9,9 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-from launchers.multinode import allocation_ray_cluster
-from launchers.ray_cluster import free_port
-from launchers.slurm_env import Allocation
+from balanceroute.serving import free_port
+from balanceroute.serving.multinode import allocation_ray_cluster
+from balanceroute.serving.slurm import Allocation
 
 
 def main(log_dir: Path) -> None:

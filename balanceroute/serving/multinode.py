@@ -2,11 +2,11 @@
 
 :class:`NodeLayout` says how ``dp`` ranks of ``tp`` GPUs each spread over nodes of ``gpus_per_node`` GPUs (a
 tensor-parallel group never spans nodes). The vLLM command itself (model, ``--data-parallel-size``,
-``--tensor-parallel-size``, expert parallelism, memory settings) is built by :mod:`launchers.vllm_server`; this
-module adds what only exists with several nodes, in one of two modes:
+``--tensor-parallel-size``, expert parallelism, memory settings) is built by :mod:`balanceroute.serving.vllm`;
+this module adds what only exists with several nodes, in one of two modes:
 
-- ``ray`` (default): a Ray cluster over the nodes (:class:`launchers.ray_cluster.RayCluster`: head on the first
-  node, a worker on each other node through ``srun``), then on the first node ``vllm serve ...
+- ``ray`` (default): a Ray cluster over the nodes (:class:`~balanceroute.serving.ray_cluster.RayCluster`: head on
+  the first node, a worker on each other node through ``srun``), then on the first node ``vllm serve ...
   --data-parallel-backend ray --data-parallel-size-local L --data-parallel-address HEAD_IP`` with
   ``RAY_ADDRESS`` pointing at the cluster; vLLM places the remaining ranks through Ray.
 - ``native``: vLLM's own multi-node mode, no Ray: ``vllm serve ... --headless --data-parallel-start-rank i*L``
@@ -14,7 +14,9 @@ module adds what only exists with several nodes, in one of two modes:
   ``--data-parallel-address HEAD_IP --data-parallel-rpc-port PORT``.
 
 :func:`serve_across_nodes` starts what the other nodes need and yields the extra arguments and environment for
-the command on the first node; leaving it stops everything it started.
+the command on the first node; leaving it stops everything it started. :func:`across_allocation` is what the vllm
+backend wraps its server in: the same, with the nodes read from SLURM's environment, and nothing at all outside
+SLURM or on one node.
 """
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launchers.processes import ManagedProcess
-from launchers.ray_cluster import NodeCommand, RayCluster, RayNodeSpec, free_port
-from launchers.slurm_env import Allocation, node_ip, srun_on
+from balanceroute.serving.process import ManagedProcess, free_port
+from balanceroute.serving.ray_cluster import NodeCommand, RayCluster, RayNodeSpec
+from balanceroute.serving.slurm import Allocation, node_ip, srun_on
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +92,15 @@ class NodeLayout:
         return node_index * self.ranks_per_node
 
 
-def _check_mode(mode: str) -> None:
+def check_mode(mode: str) -> None:
+    """LayoutError naming ``backend.multinode`` (where users set it) unless ``mode`` is one of :data:`MODES`."""
     if mode not in MODES:
-        raise LayoutError(f"multi-node mode {mode!r} is unknown; valid modes: {', '.join(MODES)}")
+        raise LayoutError(f"backend.multinode: unknown multi-node mode {mode!r}; valid modes: {', '.join(MODES)}")
 
 
 def head_args(layout: NodeLayout, mode: str, head_ip: str, rpc_port: int | str | None = None) -> list[str]:
     """Arguments added to ``vllm serve`` on the first node (none for a single node)."""
-    _check_mode(mode)
+    check_mode(mode)
     if layout.nodes == 1:
         return []
     args = ["--data-parallel-size-local", str(layout.ranks_per_node), "--data-parallel-address", head_ip]
@@ -146,9 +149,10 @@ class HeadLaunch:
             proc.check_alive()
 
 
-def allocation_ray_cluster(allocation: Allocation, log_dir: Path, *, python: str, nodes: int | None = None,
-                           env: Mapping[str, str] | None = None, node_command: NodeCommand = srun_on,
-                           head_ip: str | None = None, worker_args: Sequence[str] = (),
+def allocation_ray_cluster(allocation: Allocation, log_dir: Path, *, python: str | os.PathLike,
+                           nodes: int | None = None, env: Mapping[str, str] | None = None,
+                           node_command: NodeCommand = srun_on, head_ip: str | None = None,
+                           worker_args: Sequence[str] = (),
                            ready_timeout_s: float = 600.0) -> RayCluster:
     """A Ray cluster (to be started with ``with``) over the first ``nodes`` nodes of ``allocation`` (default: all):
     the head on the first node at ``head_ip`` (default: that node's resolved address), a worker on each other
@@ -162,15 +166,17 @@ def allocation_ray_cluster(allocation: Allocation, log_dir: Path, *, python: str
 
 @contextlib.contextmanager
 def serve_across_nodes(layout: NodeLayout, mode: str, allocation: Allocation, base_command: Sequence[str],
-                       run_dir: Path, *, python: str, env: Mapping[str, str] | None = None,
+                       run_dir: Path, *, python: str | os.PathLike | None, env: Mapping[str, str] | None = None,
                        node_command: NodeCommand = srun_on, head_ip: str | None = None,
                        ready_timeout_s: float = 600.0) -> Iterator[HeadLaunch]:
     """Start the other nodes' part of the deployment and yield the head's :class:`HeadLaunch`.
 
-    ``base_command`` is the whole deployment's ``vllm serve`` command (from :mod:`launchers.vllm_server`);
-    ``python`` the interpreter of the environment that runs vLLM (and Ray). Logs go to ``run_dir``.
+    ``base_command`` is the whole deployment's ``vllm serve`` command (:func:`balanceroute.serving.vllm.
+    serve_command`); ``python`` the interpreter of the environment that runs vLLM and therefore Ray (needed in
+    ``ray`` mode); ``env`` the environment of the processes on the other nodes (default: this process's). Logs
+    go to ``run_dir``.
     """
-    _check_mode(mode)
+    check_mode(mode)
     if len(allocation.nodes) < layout.nodes:
         raise LayoutError(f"the allocation has {len(allocation.nodes)} node(s) ({', '.join(allocation.nodes)}) "
                           f"but parallel.dp={layout.dp} x tp={layout.tp} needs {layout.nodes}")
@@ -181,6 +187,9 @@ def serve_across_nodes(layout: NodeLayout, mode: str, allocation: Allocation, ba
     head_ip = head_ip or node_ip(allocation.head)
     workers = allocation.workers[:layout.nodes - 1]
     if mode == "ray":
+        if python is None:
+            raise LayoutError("backend.python: cannot tell which Python runs vLLM, so Ray cannot be started from "
+                              "vLLM's environment; set backend.python (or use backend.multinode=native)")
         with allocation_ray_cluster(allocation, run_dir, python=python, nodes=layout.nodes, env=env,
                                     node_command=node_command, head_ip=head_ip,
                                     ready_timeout_s=ready_timeout_s) as cluster:
@@ -201,13 +210,13 @@ def serve_across_nodes(layout: NodeLayout, mode: str, allocation: Allocation, ba
 
 
 @contextlib.contextmanager
-def across_allocation(base_command: Sequence[str], run_dir: Path, *, dp: int, tp: int, mode: str, python: str,
-                      env: Mapping[str, str] | None = None) -> Iterator[HeadLaunch]:
+def across_allocation(base_command: Sequence[str], run_dir: Path, *, dp: int, tp: int, mode: str,
+                      python: str | os.PathLike | None, env: Mapping[str, str] | None = None) -> Iterator[HeadLaunch]:
     """What a backend wraps its server in: inside a SLURM allocation of several nodes, :func:`serve_across_nodes`
     with the layout of ``dp`` ranks over those nodes; anywhere else (a laptop, one node) nothing to do."""
     allocation = Allocation.from_env()
     if allocation is None or len(allocation.nodes) == 1:
-        _check_mode(mode)
+        check_mode(mode)
         yield HeadLaunch(args=[], env={})
         return
     layout = NodeLayout.on_nodes(dp, tp, len(allocation.nodes))

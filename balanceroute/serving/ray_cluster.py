@@ -1,10 +1,11 @@
 """A Ray cluster formed from the nodes of an allocation, for ``vllm serve --data-parallel-backend ray``.
 
 The head runs in the calling process's node (the first node, where the job body and vLLM's front end run), one
-worker on each other node, started through ``srun`` inside a SLURM job (:func:`launchers.slurm_env.srun_on`)
-or as plain local processes for a test on one machine. Every node is a ``ray start --block`` process in its own
-process group with its log in the run folder, so stopping the cluster stops exactly what was started (never ``ray stop``, which would end every
-Ray process of the machine, other users' included). The cluster is ready when Ray itself reports all nodes alive
+worker on each other node, started through ``srun`` inside a SLURM job (:func:`balanceroute.serving.slurm.
+srun_on`) or as plain local processes for a test on one machine. Every node is a ``ray start --block`` process in
+its own process group (:class:`~balanceroute.serving.process.ManagedProcess`) with its log in the run folder, so
+stopping the cluster stops exactly what was started (never ``ray stop``, which would end every Ray process of the
+machine, other users' included). The cluster is ready when Ray itself reports all nodes alive
 (``ray.nodes()``, asked from a driver process of the same Python).
 """
 from __future__ import annotations
@@ -22,7 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launchers.processes import ManagedProcess, log_tail
+from balanceroute.serving.process import (
+    ManagedProcess,
+    ServerError,
+    free_port,
+    log_tail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +54,6 @@ print(json.dumps([{"ip": n["NodeManagerAddress"], "resources": n["Resources"]} f
 def local_node(node: str, argv: Sequence[str]) -> list[str]:
     """Run ``argv`` on this machine whatever ``node`` says (a one-machine cluster, for tests)."""
     return list(argv)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,13 @@ class RayCluster:
                 if sock.connect_ex((self.head.ip, self.port)) == 0:
                     return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Ray head at {self.address} not listening after {self.ready_timeout_s:.0f} s; "
+                raise ServerError(f"Ray head at {self.address} not listening after {self.ready_timeout_s:.0f} s; "
                                    f"log {self._processes[0].log_path}:\n{log_tail(self._processes[0].log_path)}")
             time.sleep(0.5)
 
     def _wait_for_nodes(self, want: int) -> list[dict]:
-        """Ray's own view of the cluster once ``want`` nodes are alive; TimeoutError (with the node logs' tails)
-        if they are not within ``ready_timeout_s``, RuntimeError if a node process died."""
+        """Ray's own view of the cluster once ``want`` nodes are alive; :class:`ServerError` (with the node logs'
+        tails) if they are not within ``ready_timeout_s`` or a node process died."""
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
             self._check_processes()
@@ -169,7 +169,7 @@ class RayCluster:
             if time.monotonic() > deadline:
                 tails = "\n".join(f"--- {p.log_path}:\n{log_tail(p.log_path, 10)}" for p in self._processes)
                 found = len(json.loads(proc.stdout.strip().splitlines()[-1])) if proc.returncode == 0 else "?"
-                raise TimeoutError(f"Ray cluster at {self.address}: {found} of {want} nodes alive after "
+                raise ServerError(f"Ray cluster at {self.address}: {found} of {want} nodes alive after "
                                    f"{self.ready_timeout_s:.0f} s\n{proc.stderr[-2000:]}\n{tails}")
             time.sleep(1.0)
 

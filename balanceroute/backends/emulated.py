@@ -1,0 +1,159 @@
+"""The emulated backend: ``backend=emulated`` starts an emulated vLLM DP fleet, benchmarks it, and stops it.
+
+The fleet (``balanceroute emulate``, :mod:`balanceroute.emulate`) runs as a subprocess with its log in the run
+folder (``emulator.log``): ``parallel.dp`` ranks of the ``model`` group's preset (with its coefficient overrides),
+the run's ``router`` routing inside its DP front end as vLLM's internal load balancer would. The benchmark client
+(:mod:`balanceroute.bench`) sends the run's workload to the front end and records which rank served each request
+(the ``X-Balanceroute-Worker`` header). The numbers should match ``backend=sim`` for the same configuration up to
+the wall clock's noise, since the step timing is the simulator's own code.
+
+``backend.time_scale`` X runs the modelled GPU X times slower on the wall clock: the workload's arrivals are
+spread by X and every measured time is divided by X again, so results stay in the modelled GPU's seconds
+(X > 1 helps a slow or busy machine keep up; the fleet's step lateness is in ``emulator_step_lateness_*``).
+
+Results add to the client's summary: ``vllm_engine_requests`` / ``_prompt_tokens`` / ``_generation_tokens`` (the
+fleet's per-rank Prometheus counters over the run, as backend=vllm reports them) and the fleet's own statistics.
+
+Config sections read: ``model`` (preset and overrides, as backend=sim), ``parallel.dp``, ``backend``
+(conf/backend/emulated.yaml).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import socket
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from balanceroute.backends import ConfigError, RunOutput, RunSpec, check_positive
+from balanceroute.backends.sim import model_preset
+from balanceroute.bench import benchmark
+from balanceroute.bench.result import BenchResult
+from balanceroute.emulate.server import WORKER_HEADER
+from balanceroute.metrics import itl_from_token_times, summarize
+from balanceroute.serving import (
+    ENGINE_COUNTERS,
+    ManagedServer,
+    ServerError,
+    engine_counter,
+)
+from balanceroute.sim.presets import get_preset
+
+log = logging.getLogger(__name__)
+
+FLEET_LOG = "emulator.log"
+#: How the fleet is started (``balanceroute emulate`` in this Python).
+COMMAND = (sys.executable, "-m", "balanceroute.cli", "emulate")
+_BENCH_KEYS = ("endpoint", "stream", "ignore_eos", "max_concurrency", "warmup", "timeout_s")
+#: Per-request time columns of the client's records (seconds), rescaled by the time scale.
+_TIME_COLUMNS = ("arrival_s", "first_token_s", "finish_s", "scheduled_s", "queue_s", "lateness_s")
+
+
+def free_port_block(host: str, count: int, attempts: int = 50) -> int:
+    """A port P such that P .. P + count - 1 are all free now (the fleet binds its front end and ranks there)."""
+    for _ in range(attempts):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            base = probe.getsockname()[1]
+        if base + count > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise ConfigError(f"backend.port: found no {count} consecutive free ports on {host}; set backend.port")
+
+
+class EmulatedBackend:
+    """Checks the backend settings and the model preset up front; starts, benchmarks and stops the fleet on run."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        backend = OmegaConf.to_container(cfg.backend, resolve=True)
+        self.preset = model_preset(cfg.model)
+        self.dp = int(cfg.parallel.dp)
+        if not isinstance(backend["barrier"], bool):
+            raise ConfigError(f"backend.barrier: must be true or false, got {backend['barrier']!r}")
+        check_positive("backend.time_scale", backend["time_scale"])
+        check_positive("backend.port", backend["port"], integer=True, allow_none=True)
+        check_positive("backend.ready_timeout_s", backend["ready_timeout_s"])
+        check_positive("backend.stop_timeout_s", backend["stop_timeout_s"])
+        unknown = sorted(set(backend["bench"]) - set(_BENCH_KEYS))
+        if unknown:
+            raise ConfigError(f"backend.bench: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_BENCH_KEYS)}")
+        self.backend = backend
+        self.scale = float(backend["time_scale"])
+
+    def command(self, spec: RunSpec, port: int) -> list[str]:
+        """``balanceroute emulate`` arguments for this run (model overrides and router parameters included)."""
+        b = self.backend
+        cmd = [*COMMAND, "--ranks", str(self.dp), "--model", self.preset.name, "--host", b["host"],
+               "--port", str(port), "--barrier" if b["barrier"] else "--no-barrier", "--time-scale", repr(self.scale),
+               "--router", spec.router["name"], "--seed", str(spec.seed)]
+        base = dataclasses.asdict(get_preset(self.preset.name))
+        for key, value in dataclasses.asdict(self.preset).items():
+            if value != base[key] and key != "description":
+                cmd += ["--model-param", f"{key}={json.dumps(value)}"]
+        for key, value in spec.router.items():
+            if key != "name":
+                cmd += ["--router-param", f"{key}={json.dumps(value)}"]
+        return cmd
+
+    def run(self, spec: RunSpec) -> RunOutput:
+        b = self.backend
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        port = b["port"] or free_port_block(b["host"], self.dp + 1)
+        fleet = ManagedServer("balanceroute emulate", self.command(spec, port), spec.run_dir / FLEET_LOG, b["host"],
+                              port, cwd=spec.run_dir, ready_timeout_s=b["ready_timeout_s"],
+                              stop_grace_s=b["stop_timeout_s"], timeout_hint="raise backend.ready_timeout_s")
+        bench = dict(b["bench"])
+        endpoint = bench.pop("endpoint")
+        workload = spec.workload
+        if self.scale != 1:
+            workload = dataclasses.replace(workload, arrival_s=workload.arrival_s * self.scale)
+        try:
+            with fleet:
+                before = fleet.metrics()
+                result = benchmark(fleet.url + endpoint, workload, model=self.preset.name, seed=spec.seed,
+                                   progress=spec.progress, worker_header=WORKER_HEADER, **bench)
+                fleet.check_alive()
+                after = fleet.metrics()
+                stats = json.loads(fleet.fetch("/stats"))
+        except ServerError as exc:
+            raise ConfigError(f"backend=emulated: {exc}") from exc
+        requests = result.requests
+        summary = dict(result.summary)
+        if self.scale != 1:
+            requests, metrics = _rescale(result, 1 / self.scale, self.dp)
+            summary.update(metrics)
+        for suffix, name in ENGINE_COUNTERS:
+            delta = zip(engine_counter(after, name, self.dp), engine_counter(before, name, self.dp))
+            summary[f"vllm_engine_{suffix}"] = [round(a - c) for a, c in delta]
+        summary.update({f"emulator_{k}": v for k, v in stats.items()})
+        summary.update(backend="emulated", model=self.preset.name, barrier=b["barrier"], time_scale=self.scale,
+                       num_workers=self.dp)
+        return RunOutput(summary=summary, requests=requests, timeline=None)
+
+
+def _rescale(result: BenchResult, factor: float, num_workers: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The records with every time multiplied by ``factor``, and the metrics recomputed from them."""
+    requests = result.requests.copy()
+    for col in _TIME_COLUMNS:
+        requests[col] = requests[col] * factor
+    done = (requests["status"] == "completed").to_numpy()
+    times = [t * factor for t, ok in zip(result.token_times, done) if ok]
+    metrics = summarize(requests, duration_s=result.summary["duration"] * factor,
+                        itl_s=itl_from_token_times(times) if times else np.zeros(0), num_workers=num_workers)
+    return requests, metrics
