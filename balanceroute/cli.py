@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "launchers.plan",
     "balanceroute.vllm_plugin.serve_cli",
     "balanceroute.emulate.cli",
+    "balanceroute.proxy.cli",
 )
 
 

@@ -14,13 +14,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from balanceroute.policies.base import (
-    UNLIMITED_SLOTS,
-    Assignment,
-    ClusterSnapshot,
-    PendingRequests,
-    RequestTable,
-)
+from balanceroute.policies.base import UNLIMITED_SLOTS, Assignment, ClusterSnapshot, PendingRequests, RequestTable
 from balanceroute.policies.policy import Policy
 
 WAITING, RUNNING = 0, 1
@@ -111,6 +105,14 @@ class LoadTracker:
         self._generated[slot] += n
         self._remaining[slot] -= n
         self.kv_load[self._worker[slot]] += n
+        self.epoch += 1
+
+    def set_prompt_len(self, request_id: Hashable, prompt_len: int) -> None:
+        """Correct the prompt length a request is charged with (a proxy routes on an estimate and learns the
+        exact count from the server's usage report)."""
+        slot = self.slot_of(request_id)
+        self.kv_load[self._worker[slot]] += prompt_len - self._prompt[slot]
+        self._prompt[slot] = prompt_len
         self.epoch += 1
 
     def tokens_bulk(self, slots: np.ndarray, n: int | np.ndarray = 1) -> None:

@@ -25,13 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from balanceroute.serving.multinode import (
-    NodeLayout,
-    check_mode,
-    head_args,
-    headless_args,
-    headless_command,
-)
+from balanceroute.serving.multinode import NodeLayout, check_mode, head_args, headless_args, headless_command
 from balanceroute.serving.slurm import srun_on
 from balanceroute.serving.vllm import serve_command as vllm_serve_command
 from launchers.resources import JobResources, ResourceError, job_resources

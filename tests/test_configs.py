@@ -207,7 +207,8 @@ def readme_run_commands() -> list[list[str]]:
             args = shlex.split(line.split("#", 1)[0])[2:]
             if "backend=vllm" in args:  # needs vLLM installed: the vllm tier runs such commands for real
                 continue
-            commands.append([a.split(",")[0] if "=" in a else a for a in args if a != "-m"])
+            swept = [a for a in args if "=" in a and "=[" not in a]  # a list value ([a,b]) is one value
+            commands.append([a.split(",")[0] if a in swept else a for a in args if a != "-m"])
     return commands
 
 

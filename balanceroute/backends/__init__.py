@@ -30,6 +30,7 @@ BACKENDS: dict[str, str] = {
     "sim": "balanceroute.backends.sim:SimBackend",
     "vllm": "balanceroute.backends.vllm:VllmBackend",
     "emulated": "balanceroute.backends.emulated:EmulatedBackend",
+    "proxy": "balanceroute.backends.proxy:ProxyBackend",
 }
 
 

@@ -12,7 +12,9 @@ spread by X and every measured time is divided by X again, so results stay in th
 (X > 1 helps a slow or busy machine keep up; the fleet's step lateness is in ``emulator_step_lateness_*``).
 
 Results add to the client's summary: ``vllm_engine_requests`` / ``_prompt_tokens`` / ``_generation_tokens`` (the
-fleet's per-rank Prometheus counters over the run, as backend=vllm reports them) and the fleet's own statistics.
+fleet's per-rank Prometheus counters over the run, as backend=vllm reports them), with the barrier the KV balance
+over the fleet's steps (``mean_imbalance``, ``mean_spread``, ``mean_kv_load``, ``barrier_idle_fraction``: the
+simulator's definitions; warm-up requests included) and the fleet's own statistics (``emulator_*``).
 
 Config sections read: ``model`` (preset and overrides, as backend=sim), ``parallel.dp``, ``backend``
 (conf/backend/emulated.yaml).
@@ -36,13 +38,9 @@ from balanceroute.bench import benchmark
 from balanceroute.bench.result import BenchResult
 from balanceroute.emulate.server import WORKER_HEADER
 from balanceroute.metrics import itl_from_token_times, summarize
-from balanceroute.serving import (
-    ENGINE_COUNTERS,
-    ManagedServer,
-    ServerError,
-    engine_counter,
-)
+from balanceroute.serving import ENGINE_COUNTERS, ManagedServer, ServerError, engine_counter
 from balanceroute.sim.presets import get_preset
+from balanceroute.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +109,28 @@ class EmulatedBackend:
                 cmd += ["--router-param", f"{key}={json.dumps(value)}"]
         return cmd
 
+    def fleet_server(self, spec: RunSpec, *, key: str = "backend") -> ManagedServer:
+        """The fleet for ``spec`` as a managed server, not started: front end at ``url``, rank g's own endpoint on
+        port ``port + 1 + g``. ``key`` is where this config section sits (for the messages)."""
+        b = self.backend
+        port = b["port"] or free_port_block(b["host"], self.dp + 1)
+        return ManagedServer("balanceroute emulate", self.command(spec, port), spec.run_dir / FLEET_LOG, b["host"],
+                             port, cwd=spec.run_dir, ready_timeout_s=b["ready_timeout_s"],
+                             stop_grace_s=b["stop_timeout_s"], timeout_hint=f"raise {key}.ready_timeout_s")
+
+    def scaled(self, workload: Workload) -> Workload:
+        """``workload`` on the fleet's wall clock: arrivals spread by the time scale."""
+        if self.scale == 1:
+            return workload
+        return dataclasses.replace(workload, arrival_s=workload.arrival_s * self.scale)
+
     def run(self, spec: RunSpec) -> RunOutput:
         b = self.backend
         spec.run_dir.mkdir(parents=True, exist_ok=True)
-        port = b["port"] or free_port_block(b["host"], self.dp + 1)
-        fleet = ManagedServer("balanceroute emulate", self.command(spec, port), spec.run_dir / FLEET_LOG, b["host"],
-                              port, cwd=spec.run_dir, ready_timeout_s=b["ready_timeout_s"],
-                              stop_grace_s=b["stop_timeout_s"], timeout_hint="raise backend.ready_timeout_s")
+        fleet = self.fleet_server(spec)
         bench = dict(b["bench"])
         endpoint = bench.pop("endpoint")
-        workload = spec.workload
-        if self.scale != 1:
-            workload = dataclasses.replace(workload, arrival_s=workload.arrival_s * self.scale)
+        workload = self.scaled(spec.workload)
         try:
             with fleet:
                 before = fleet.metrics()
@@ -136,18 +144,21 @@ class EmulatedBackend:
         requests = result.requests
         summary = dict(result.summary)
         if self.scale != 1:
-            requests, metrics = _rescale(result, 1 / self.scale, self.dp)
+            requests, metrics = rescale(result, 1 / self.scale, self.dp)
             summary.update(metrics)
         for suffix, name in ENGINE_COUNTERS:
             delta = zip(engine_counter(after, name, self.dp), engine_counter(before, name, self.dp))
             summary[f"vllm_engine_{suffix}"] = [round(a - c) for a, c in delta]
+        balance = stats.pop("balance")
+        if balance:  # the barrier's per-step KV balance, the simulator's definition
+            summary.update({k: v for k, v in balance.items() if k != "num_workers"})
         summary.update({f"emulator_{k}": v for k, v in stats.items()})
         summary.update(backend="emulated", model=self.preset.name, barrier=b["barrier"], time_scale=self.scale,
                        num_workers=self.dp)
         return RunOutput(summary=summary, requests=requests, timeline=None)
 
 
-def _rescale(result: BenchResult, factor: float, num_workers: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+def rescale(result: BenchResult, factor: float, num_workers: int) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The records with every time multiplied by ``factor``, and the metrics recomputed from them."""
     requests = result.requests.copy()
     for col in _TIME_COLUMNS:

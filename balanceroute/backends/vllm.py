@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -34,22 +35,11 @@ from omegaconf import DictConfig, OmegaConf
 from balanceroute.backends import ConfigError, RunOutput, RunSpec, check_positive
 from balanceroute.bench import benchmark, load_tokenizer
 from balanceroute.metrics import BalanceAccumulator
-from balanceroute.serving import (
-    ENGINE_COUNTERS,
-    ServerError,
-    VllmServer,
-    engine_counter,
-    free_port,
-    serve_command,
-)
+from balanceroute.serving import ENGINE_COUNTERS, ServerError, VllmServer, engine_counter, free_port, serve_command
 from balanceroute.serving.multinode import LayoutError, across_allocation, check_mode
 from balanceroute.sim.timeline import TIMELINE_COLUMNS
 from balanceroute.vllm_plugin.config import UNPATCHED_ENV, RouterConfig
-from balanceroute.vllm_plugin.decision_log import (
-    ROUTE,
-    engine_totals,
-    read_decision_log,
-)
+from balanceroute.vllm_plugin.decision_log import ROUTE, engine_totals, read_decision_log
 from balanceroute.vllm_plugin.environment import (
     PluginNotInstalledError,
     VllmNotFoundError,
@@ -171,17 +161,30 @@ class VllmBackend:
         for suffix, name in ENGINE_COUNTERS:
             delta = zip(engine_counter(after, name, self.dp), engine_counter(before, name, self.dp))
             summary[f"vllm_engine_{suffix}"] = [round(a - b) for a, b in delta]
-        timeline = None
-        if self.backend["plugin"]:
-            events = list(read_decision_log(decisions)) if decisions.is_file() else []
-            routes = [ev for ev in events if ev["event"] == ROUTE]
-            if not routes and summary.get("num_sent", len(result.requests)):
-                raise ConfigError(f"backend.plugin: vLLM routed {len(result.requests)} requests but the balanceroute "
-                                  f"plugin logged no decision in {decisions}: it is not active in vLLM's "
-                                  f"environment (see the start of {server.log_path})")
-            summary.update(num_workers=self.dp, **engine_totals(events, self.dp), **_balance(routes, self.dp))
-            timeline = _timeline(routes, started)
-        return RunOutput(summary=summary, requests=result.requests, timeline=timeline)
+        if not self.backend["plugin"]:
+            return RunOutput(summary=summary, requests=result.requests, timeline=None)
+        events = list(read_decision_log(decisions)) if decisions.is_file() else []
+        routes = [ev for ev in events if ev["event"] == ROUTE]
+        if not routes and summary.get("num_sent", len(result.requests)):
+            raise ConfigError(f"backend.plugin: vLLM routed {len(result.requests)} requests but the balanceroute "
+                              f"plugin logged no decision in {decisions}: it is not active in vLLM's "
+                              f"environment (see the start of {server.log_path})")
+        summary.update(num_workers=self.dp, **engine_totals(events, self.dp), **_balance(routes, self.dp))
+        requests = result.requests.assign(
+            worker=_engines_of(routes, summary["request_id_prefix"], result.requests["request_id"]))
+        return RunOutput(summary=summary, requests=requests, timeline=_timeline(routes, started))
+
+
+def _engines_of(routes: list[dict], prefix: str, request_ids: pd.Series) -> np.ndarray:
+    """The engine each benchmark request went to (-1 where the log has no decision for it): the client sends
+    ``X-Request-Id: <prefix>-<i>``, which vLLM keeps in the id it routes (``cmpl-<prefix>-<i>-0``)."""
+    pattern = re.compile(rf"{re.escape(prefix)}-(\d+)(?:-|$)")
+    engine = {}
+    for ev in routes:
+        found = pattern.search(ev.get("external_id") or ev["request_id"])
+        if found:
+            engine[int(found.group(1))] = ev["engine"]
+    return np.array([engine.get(i, -1) for i in request_ids.tolist()], dtype=np.int64)
 
 
 def _balance(routes: list[dict], num_engines: int) -> dict[str, Any]:

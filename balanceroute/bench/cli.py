@@ -21,6 +21,7 @@ from typing import Any
 from balanceroute.bench.prompts import TextTokenizer, load_tokenizer
 from balanceroute.bench.result import BenchResult, write_result
 from balanceroute.bench.runner import run_benchmark
+from balanceroute.cli_args import int_at_least, positive_number
 from balanceroute.metrics import SLO_METRICS
 from balanceroute.results import jsonable
 from balanceroute.workload import DISTRIBUTIONS, Workload, load_azure_trace, load_sharegpt, synthetic
@@ -38,25 +39,10 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
 
 
 def _slo(text: str) -> tuple[str, float]:
@@ -83,32 +69,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     load = p.add_argument_group("workload")
     load.add_argument("--dataset", choices=DATASETS, default="synthetic", help="request source (default: %(default)s)")
     load.add_argument("--dataset-path", type=Path, metavar="FILE", help="ShareGPT JSON or Azure-style CSV trace")
-    load.add_argument("--num-requests", type=_positive_int, metavar="N",
+    load.add_argument("--num-requests", type=int_at_least(1), metavar="N",
                       help=f"requests to send (default: {DEFAULT_NUM_REQUESTS}; azure: the whole trace)")
-    load.add_argument("--request-rate", type=_positive_float, metavar="R",
+    load.add_argument("--request-rate", type=positive_number(finite=False), metavar="R",
                       help="requests/s, Poisson or gamma arrivals; inf sends all at once (default: inf, or the "
                            "trace's own timestamps for --dataset azure)")
-    load.add_argument("--burstiness", type=_positive_float, default=1.0, metavar="B",
+    load.add_argument("--burstiness", type=positive_number(), default=1.0, metavar="B",
                       help="gamma shape of the inter-arrival gaps: 1 Poisson, < 1 burstier (default: 1)")
-    load.add_argument("--time-scale", type=_positive_float, metavar="F",
+    load.add_argument("--time-scale", type=positive_number(), metavar="F",
                       help="azure: multiply the trace's inter-arrival gaps by F (0.5 = twice the rate)")
-    load.add_argument("--prompt-mean", type=_positive_float, default=1155, metavar="TOKENS",
+    load.add_argument("--prompt-mean", type=positive_number(), default=1155, metavar="TOKENS",
                       help="synthetic: mean prompt length (default: %(default)s)")
-    load.add_argument("--output-mean", type=_positive_float, default=211, metavar="TOKENS",
+    load.add_argument("--output-mean", type=positive_number(), default=211, metavar="TOKENS",
                       help="synthetic: mean output length (default: %(default)s)")
     load.add_argument("--length-distribution", choices=DISTRIBUTIONS, default="lognormal",
                       help="synthetic: length distribution (default: %(default)s)")
-    load.add_argument("--max-prompt-len", type=_positive_int, metavar="TOKENS", help="drop longer prompts")
-    load.add_argument("--max-output-len", type=_positive_int, metavar="TOKENS", help="drop longer outputs")
+    load.add_argument("--max-prompt-len", type=int_at_least(1), metavar="TOKENS", help="drop longer prompts")
+    load.add_argument("--max-output-len", type=int_at_least(1), metavar="TOKENS", help="drop longer outputs")
     load.add_argument("--tokenizer", metavar="PATH_OR_NAME",
                       help="tokenizer for ShareGPT lengths and exact synthetic prompt lengths (a directory with "
                            "tokenizer.json, or a transformers name); default: approximate lengths")
-    load.add_argument("--seed", type=_non_negative_int, default=0, help="arrivals, sampling, prompt text")
+    load.add_argument("--seed", type=int_at_least(0), default=0, help="arrivals, sampling, prompt text")
     send = p.add_argument_group("sending")
-    send.add_argument("--max-concurrency", type=_positive_int, metavar="N", help="at most N requests in flight")
-    send.add_argument("--warmup", type=_non_negative_int, default=0, metavar="N",
+    send.add_argument("--max-concurrency", type=int_at_least(1), metavar="N", help="at most N requests in flight")
+    send.add_argument("--warmup", type=int_at_least(0), default=0, metavar="N",
                       help="unrecorded warm-up requests before the run (default: 0)")
-    send.add_argument("--timeout", type=_positive_float, default=600.0, metavar="S",
+    send.add_argument("--timeout", type=positive_number(finite=False), default=600.0, metavar="S",
                       help="per-request total timeout in seconds (default: %(default)s)")
     send.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
                       help="do not send vLLM's ignore_eos (max_tokens then only caps the output)")

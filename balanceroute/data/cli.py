@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from balanceroute.cli_args import int_at_least
 from balanceroute.data.catalog import DatasetSpec, ModelSpec, load_catalog, load_models, select
 from balanceroute.data.errors import DataError, MissingDataError
 from balanceroute.data.models import PreparedModel, hub_cache, prepare_model
@@ -44,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
     parser.add_argument("--config-dir", type=Path, metavar="DIR",
                         help="configuration tree to read presets from (default: the project's conf/)")
-    parser.add_argument("--retries", type=_non_negative_int, default=3, metavar="N",
+    parser.add_argument("--retries", type=int_at_least(0), default=3, metavar="N",
                         help="retries per file after a dropped connection or server error (default: 3)")
     parser.set_defaults(func=run)
     return parser
@@ -159,9 +160,3 @@ def _human(size: int) -> str:
 def _name_list(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value

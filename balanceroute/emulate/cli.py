@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import signal
 import sys
 
 from balanceroute.bench.prompts import load_tokenizer
+from balanceroute.cli_args import int_at_least, key_value, positive_number
 from balanceroute.emulate.engine import LiveEngine
 from balanceroute.emulate.server import EmulatedFleet
 from balanceroute.policies import make_policy
-from balanceroute.sim.cli import parse_params
 from balanceroute.sim.presets import PRESETS, ModelPreset, get_preset
 
 log = logging.getLogger(__name__)
@@ -32,11 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Serve G emulated vLLM data-parallel ranks: a DP front end on --port (routing with --router) "
                     "and rank g's own endpoint on --port + 1 + g. Token timing comes from the simulator's "
                     "scheduler and step model, run against the wall clock.")
-    p.add_argument("--ranks", type=_int_at_least(1), default=8, metavar="G", help="DP ranks (default 8)")
+    p.add_argument("--ranks", type=int_at_least(1), default=8, metavar="G", help="DP ranks (default 8)")
     p.add_argument("--model", default="qwen3_30b_a3b", help=f"step-model preset: {', '.join(PRESETS)}")
-    p.add_argument("--model-param", action="append", default=[], metavar="K=V",
+    p.add_argument("--model-param", type=key_value, action="append", default=[], metavar="K=V",
                    help="override a preset coefficient or limit, repeatable (e.g. b=0, max_num_seqs=64)")
-    p.add_argument("--port", type=_int_at_least(0), default=8000, metavar="P",
+    p.add_argument("--port", type=int_at_least(0, 65535), default=8000, metavar="P",
                    help="front-end port; rank g gets P+1+g (0: the OS picks every port)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     barrier = p.add_mutually_exclusive_group()
@@ -44,16 +43,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                          help="all ranks step together, the EP case (default)")
     barrier.add_argument("--no-barrier", dest="barrier", action="store_false",
                          help="each rank steps on its own clock (dense models, independent servers)")
-    p.add_argument("--time-scale", type=_positive, default=1.0, metavar="X",
+    p.add_argument("--time-scale", type=positive_number(), default=1.0, metavar="X",
                    help="multiply every modelled duration by X on the wall clock (0.1: ten times faster than the "
                         "modelled GPU; default 1)")
     p.add_argument("--router", default="vllm_default", help="policy of the front end (default vllm_default)")
-    p.add_argument("--router-param", action="append", default=[], metavar="K=V",
+    p.add_argument("--router-param", type=key_value, action="append", default=[], metavar="K=V",
                    help="policy parameter, repeatable (values parsed as JSON where possible)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of randomised policies (default 0)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of randomised policies (default 0)")
     p.add_argument("--served-model-name", default=None, metavar="N",
                    help="the model name requests must use (default: the preset's name)")
-    p.add_argument("--max-model-len", type=_int_at_least(2), default=None, metavar="TOKENS",
+    p.add_argument("--max-model-len", type=int_at_least(2), default=None, metavar="TOKENS",
                    help="longest prompt + max_tokens accepted (default: one rank's KV capacity)")
     p.add_argument("--tokenizer", default=None,
                    help="count text prompts with this tokenizer (default: one token per whitespace-separated "
@@ -61,35 +60,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
-        return value
-    return parse
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
 
 
 def build_fleet(args: argparse.Namespace) -> EmulatedFleet:
     """The engine and fleet the arguments describe; ValueError naming a bad value."""
     preset: ModelPreset = get_preset(args.model)
-    overrides = parse_params(args.model_param, "--model-param")
+    overrides = dict(args.model_param)
     if overrides:
         preset = preset.with_overrides(**overrides)
-    policy = make_policy(args.router, **{"seed": args.seed, **parse_params(args.router_param)})
+    policy = make_policy(args.router, **{"seed": args.seed, **dict(args.router_param)})
     engine = LiveEngine(preset, args.ranks, policy, barrier=args.barrier, time_scale=args.time_scale)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     return EmulatedFleet(engine, served_model_name=args.served_model_name or preset.name,

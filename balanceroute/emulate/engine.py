@@ -31,10 +31,12 @@ import asyncio
 import math
 import zlib
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from balanceroute.load import LoadTracker, Router
+from balanceroute.metrics import BalanceAccumulator
 from balanceroute.policies import Policy
 from balanceroute.sim.group import RID, C, J, StepGroup, W
 from balanceroute.sim.presets import ModelPreset
@@ -110,8 +112,9 @@ class LiveEngine:
         self.timeout_s = math.inf  # vLLM does not time requests out; clients do
         n_groups = 1 if barrier else g
         self.timeline_rows_per_group = max(1, timeline_max_rows // n_groups)
+        self.balance = BalanceAccumulator(g)  # KV balance per barrier step, as the simulator measures it
         if barrier:
-            self.groups = [StepGroup(self, 0, g, record_balance=False)]
+            self.groups = [StepGroup(self, 0, g, record_balance=True)]
         else:
             self.groups = [StepGroup(self, w, 1, record_balance=False) for w in range(g)]
         self.group_of = np.zeros(g, dtype=np.int64) if barrier else np.arange(g)
@@ -282,9 +285,10 @@ class LiveEngine:
         return {"running": np.concatenate(running), "waiting": np.concatenate(waiting),
                 "kv_cache_usage": np.concatenate(blocks) / self.model.kv_capacity_blocks}
 
-    def stats(self) -> dict[str, float | int]:
-        """Steps run, requests seen, and how late step ends were handled on the wall clock (ms): p50, p99, max
-        over the most recent :data:`LATENESS_SAMPLES` timer firings."""
+    def stats(self) -> dict[str, Any]:
+        """Steps run, requests seen, how late step ends were handled on the wall clock (ms): p50, p99, max
+        over the most recent :data:`LATENESS_SAMPLES` timer firings, and with the barrier the KV balance over
+        every step so far (``balance``: :meth:`BalanceAccumulator.summary`, as the simulator reports it)."""
         k = min(self._late_n, LATENESS_SAMPLES)
         late = self._lateness[:k] * 1000
         p50, p99 = (np.percentile(late, [50, 99]).tolist() if k else (math.nan, math.nan))
@@ -292,7 +296,8 @@ class LiveEngine:
                 "in_flight": len(self.streams), "timer_firings": int(self._late_n),
                 "step_lateness_p50_ms": p50, "step_lateness_p99_ms": p99,
                 "step_lateness_max_ms": float(late.max()) if k else math.nan,
-                "emulated_time_s": self.now() if self._loop is not None else 0.0, "time_scale": self.time_scale}
+                "emulated_time_s": self.now() if self._loop is not None else 0.0, "time_scale": self.time_scale,
+                "balance": self.balance.summary() if self.barrier else None}
 
 
 def prompt_hash(parts: Iterable[str | int]) -> int:

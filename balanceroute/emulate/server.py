@@ -30,13 +30,7 @@ from aiohttp import web
 
 from balanceroute.bench.prompts import TextTokenizer
 from balanceroute.emulate.engine import LiveEngine, RequestRejected, TokenStream
-from balanceroute.emulate.protocol import (
-    DONE,
-    ApiError,
-    CompletionRequest,
-    ResponseWriter,
-    parse_request,
-)
+from balanceroute.emulate.protocol import DONE, ApiError, CompletionRequest, ResponseWriter, parse_request
 
 log = logging.getLogger(__name__)
 

@@ -12,21 +12,10 @@
 This is library code that runs inside a run (locally, or as the body of a SLURM job); how jobs are submitted is
 :mod:`launchers`, which may import from here but never the reverse.
 """
-from balanceroute.serving.process import (
-           ManagedProcess,
-           ServerError,
-           free_port,
-           log_tail,
-)
+from balanceroute.serving.process import ManagedProcess, ServerError, free_port, log_tail
 from balanceroute.serving.server import ManagedServer
 from balanceroute.serving.slurm import slurm_job_id
-from balanceroute.serving.vllm import (
-           ENGINE_COUNTERS,
-           VllmServer,
-           engine_counter,
-           option_args,
-           serve_command,
-)
+from balanceroute.serving.vllm import ENGINE_COUNTERS, VllmServer, engine_counter, option_args, serve_command
 
 __all__ = ["ENGINE_COUNTERS", "ManagedProcess", "ManagedServer", "ServerError", "VllmServer", "engine_counter",
            "free_port", "log_tail", "option_args", "serve_command", "slurm_job_id"]

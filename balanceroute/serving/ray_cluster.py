@@ -23,12 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from balanceroute.serving.process import (
-    ManagedProcess,
-    ServerError,
-    free_port,
-    log_tail,
-)
+from balanceroute.serving.process import ManagedProcess, ServerError, free_port, log_tail
 
 log = logging.getLogger(__name__)
 

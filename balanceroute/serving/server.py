@@ -15,12 +15,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from balanceroute.serving.process import (
-    STOP_GRACE_S,
-    ManagedProcess,
-    ServerError,
-    log_tail,
-)
+from balanceroute.serving.process import STOP_GRACE_S, ManagedProcess, ServerError, log_tail
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import math
 import sys
 from typing import Any
 
+from balanceroute.cli_args import key_value
 from balanceroute.policies import Policy, make_policy
 from balanceroute.results import jsonable, write_run_files
 from balanceroute.sim.presets import PRESETS, get_preset
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
              config.model.name, config.prefill, policy.name)
     result = simulate(workload, policy, config, progress=len(workload) >= PROGRESS_FROM)
     summary = dict(result.summary, workload=workload.name, seed=config.seed, num_requests=len(workload),
-                   model_preset=config.model.as_dict(), router_params=parse_params(args.router_param))
+                   model_preset=config.model.as_dict(), router_params=_router_params(args.router_param))
     if args.output:
         folder = write_run_files(args.output, summary, result.requests, result.timeline)
         log.info("wrote %s", folder)
@@ -92,7 +93,7 @@ def _build(args: argparse.Namespace) -> tuple[Policy, Workload, SimConfig]:
     rate = None if args.rate is None else _rate(args.rate)
     timeout = _positive("--timeout", args.timeout)
     model = get_preset(args.model)
-    policy = make_policy(args.router, **{"seed": seed, **parse_params(args.router_param)})
+    policy = make_policy(args.router, **{"seed": seed, **_router_params(args.router_param)})
     config = SimConfig(num_workers=num_workers, model=model, dispatch=args.dispatch, prefill=args.prefill,
                        barrier=not args.no_barrier, timeout_s=timeout, seed=seed)
     if args.trace:
@@ -129,19 +130,12 @@ def _rate(text: str) -> float:
         raise UsageError(f"--rate must be requests per second > 0 or inf, got {text!r}") from None
 
 
-def parse_params(pairs: list[str], flag: str = "--router-param") -> dict[str, Any]:
-    """``["k=4", "p=oracle"]`` -> ``{"k": 4, "p": "oracle"}`` (values parsed as JSON where they parse);
-    UsageError naming ``flag`` for a pair without ``=``."""
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{flag} must look like KEY=VALUE, got {pair!r}")
-        try:
-            params[key] = json.loads(text)
-        except json.JSONDecodeError:
-            params[key] = text  # a bare word, e.g. predictor=oracle
-    return params
+def _router_params(pairs: list[str]) -> dict[str, Any]:
+    """``["k=4", "p=oracle"]`` -> ``{"k": 4, "p": "oracle"}`` (:func:`balanceroute.cli_args.key_value`)."""
+    try:
+        return dict(key_value(pair) for pair in pairs)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"--router-param {exc}") from None
 
 
 #: (summary key, label, format) of the printed table.

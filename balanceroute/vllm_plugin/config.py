@@ -69,15 +69,3 @@ class RouterConfig:
         """The policy (ValueError naming the valid policies or parameters when the name or a value is bad)."""
         return make_policy(self.policy, **self.params)
 
-
-def parse_param(text: str) -> tuple[str, Any]:
-    """``K=V`` from a command line as ``(K, V)``; V is read as JSON where it is JSON (``3``, ``0.5``, ``true``,
-    ``[1, 2]``), else kept as a string. Raises ValueError for text without ``=`` or with an empty key."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"router parameter {text!r} must be KEY=VALUE, e.g. K=3")
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return key.strip(), parsed

@@ -18,8 +18,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from balanceroute.cli_args import key_value
 from balanceroute.policies import available_policies
-from balanceroute.vllm_plugin.config import RouterConfig, parse_param
+from balanceroute.vllm_plugin.config import RouterConfig
 from balanceroute.vllm_plugin.environment import (
     PluginNotInstalledError,
     VllmNotFoundError,
@@ -53,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--tensor-parallel-size", type=int, default=1, metavar="TP", help="GPUs per engine")
     parser.add_argument("--dp-router", required=True, choices=available_policies(), metavar="POLICY",
                         help=f"routing policy: {', '.join(available_policies())}")
-    parser.add_argument("--dp-router-param", action="append", default=[], metavar="K=V",
+    parser.add_argument("--dp-router-param", type=key_value, action="append", default=[], metavar="K=V",
                         help="policy parameter (repeatable), e.g. K=3; values are read as JSON where possible")
     parser.add_argument("--decision-log", type=Path, help="append every routing decision to this JSONL file")
     parser.add_argument("--host", default="127.0.0.1")
@@ -79,7 +80,7 @@ def serve_command(args: argparse.Namespace, vllm_bin: Path) -> list[str]:
 
 def router_config(args: argparse.Namespace) -> RouterConfig:
     """The router the arguments ask for (ValueError naming a bad parameter or value)."""
-    params = dict(parse_param(p) for p in args.dp_router_param)
+    params = dict(args.dp_router_param)
     config = RouterConfig(args.dp_router, params, args.decision_log.absolute() if args.decision_log else None)
     config.build_policy()
     return config

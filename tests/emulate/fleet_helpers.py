@@ -8,20 +8,11 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import balanceroute.cli
 from balanceroute.backends.emulated import COMMAND
-
-_MODULE = "balanceroute.emulate.cli"
-#: ``balanceroute emulate`` as a command. Until balanceroute/cli.py lists the emulate module, a one-line shim adds
-#: it to the list before running the same ``main``.
-EMULATE = list(COMMAND) if _MODULE in balanceroute.cli.SUBCOMMAND_MODULES else [
-    sys.executable, "-c",
-    f"import sys, balanceroute.cli as c; c.SUBCOMMAND_MODULES += ({_MODULE!r},); sys.exit(c.main())", "emulate"]
 
 
 @contextlib.contextmanager
@@ -29,7 +20,7 @@ def fleet_process(ranks: int, *args: str, log: Path, timeout_s: float = 60) -> I
     """``balanceroute emulate --ranks RANKS --port 0 ARGS`` running; yields {"front": URL, "ranks": [URL, ...],
     "process": Popen}. Stops it with SIGTERM at the end and checks that it exits cleanly."""
     with open(log, "wb") as err:
-        proc = subprocess.Popen([*EMULATE, "--ranks", str(ranks), "--port", "0", *args], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([*COMMAND, "--ranks", str(ranks), "--port", "0", *args], stdout=subprocess.PIPE,
                                 bufsize=0, stderr=err, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         urls = _read_urls(proc, ranks, timeout_s, log)

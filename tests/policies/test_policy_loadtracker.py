@@ -70,6 +70,19 @@ def test_bulk_tokens_with_per_request_counts():
     assert [tracker.generated_of(i) for i in range(4)] == [1, 2, 3, 4]
 
 
+def test_prompt_correction_keeps_worker_state_and_generated_and_releases_exactly():
+    tracker = LoadTracker(2)
+    tracker.routed("r", 1, 40, prompt_hash=7, running=True)
+    tracker.tokens("r", 5)
+    epoch = tracker.epoch
+    tracker.set_prompt_len("r", 12)
+    assert tracker.kv_load.tolist() == [0, 17] and tracker.epoch > epoch
+    assert tracker.generated_of("r") == 5 and tracker.prompt_hash_of("r") == 7 and tracker.running.tolist() == [0, 1]
+    assert tracker.request_table().prompt_len.tolist() == [12]
+    tracker.finished("r")
+    assert tracker.kv_load.tolist() == [0, 0]
+
+
 def test_released_load_returns_exactly_to_zero():
     tracker = LoadTracker(3)
     rng = np.random.default_rng(1)

@@ -87,6 +87,16 @@ def test_round_robin_decisions_are_where_vllms_counters_say_requests_went(dense_
     assert result["worker_output_tokens"] == result["vllm_engine_generation_tokens"]
 
 
+def test_requests_parquet_names_the_engine_each_request_went_to(dense_run):
+    run_dir, result, events = dense_run
+    requests = pd.read_parquet(run_dir / "requests.parquet").set_index("request_id")
+    assert requests["worker"].value_counts().sort_index().tolist() == [8, 8]
+    prefix = result["request_id_prefix"]
+    for ev in (ev for ev in events if ev["event"] == ROUTE):  # joined on the X-Request-Id the client sent
+        i = int(ev["external_id"].split(prefix + "-")[1].split("-")[0])
+        assert requests.loc[i, "worker"] == ev["engine"] and requests.loc[i, "prompt_len"] == ev["prompt_len"]
+
+
 def test_tracked_tokens_match_the_responses_usage(dense_run):
     run_dir, result, events = dense_run
     requests = pd.read_parquet(run_dir / "requests.parquet")

@@ -8,14 +8,7 @@ import venv as venv_module
 import pytest
 
 from balanceroute.backends import ConfigError, make_backend
-from balanceroute.serving import (
-    ServerError,
-    VllmServer,
-    engine_counter,
-    free_port,
-    option_args,
-    serve_command,
-)
+from balanceroute.serving import ServerError, VllmServer, engine_counter, free_port, option_args, serve_command
 
 
 def test_option_args_skip_unset_values_and_make_flags():

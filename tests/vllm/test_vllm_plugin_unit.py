@@ -15,14 +15,7 @@ from balanceroute.policies import ClusterSnapshot, make_policy
 from balanceroute.vllm_plugin import serve_cli
 from balanceroute.vllm_plugin.client_router import ClientRouter, prompt_hash
 from balanceroute.vllm_plugin.compat import TESTED_VERSIONS, version_problems
-from balanceroute.vllm_plugin.config import (
-    DECISION_LOG_ENV,
-    PARAMS_ENV,
-    ROUTER_ENV,
-    UNPATCHED_ENV,
-    RouterConfig,
-    parse_param,
-)
+from balanceroute.vllm_plugin.config import DECISION_LOG_ENV, PARAMS_ENV, ROUTER_ENV, UNPATCHED_ENV, RouterConfig
 from balanceroute.vllm_plugin.decision_log import DecisionLog, engine_totals, read_decision_log
 from tests.vllm.scenario import TRACKED_POLICIES, make_events, simulator_decisions
 
@@ -53,20 +46,6 @@ def test_bad_parameters_name_the_variable(raw, message):
     with pytest.raises(ValueError) as err:
         RouterConfig.from_env({ROUTER_ENV: "jsq", PARAMS_ENV: raw})
     assert str(err.value).startswith(message)
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("K=3", ("K", 3)), ("H=0.5", ("H", 0.5)), ("predictor=exact_match", ("predictor", "exact_match")),
-    ("prior_lengths=[10, 20]", ("prior_lengths", [10, 20])), (" seed =7", ("seed", 7)), ("x=", ("x", "")),
-])
-def test_parse_param_reads_json_values(text, expected):
-    assert parse_param(text) == expected
-
-
-@pytest.mark.parametrize("text", ["K", "=3", ""])
-def test_parse_param_rejects_text_without_a_key(text):
-    with pytest.raises(ValueError, match="must be KEY=VALUE"):
-        parse_param(text)
 
 
 # ---- the version check -------------------------------------------------------------------------------------------
@@ -246,7 +225,6 @@ def test_serve_keeps_a_given_api_server_count(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--dp-router", "fast_phi", "--dp-router-param", "K=0"], "error: fast_phi: parameter K must be an integer >= 1"),
     (["--dp-router", "jsq", "--dp-router-param", "Q=1"], "error: jsq: unknown parameter(s) Q; valid parameters: seed"),
-    (["--dp-router", "jsq", "--dp-router-param", "K"], "error: router parameter 'K' must be KEY=VALUE"),
     (["--dp-router", "jsq", "--data-parallel-size", "0"], "error: --data-parallel-size and --tensor-parallel-size"),
     (["--dp-router", "jsq", "--vllm-bin", "/nowhere/vllm"],
      "error: the vllm executable given (/nowhere/vllm) is not an executable file"),
@@ -256,6 +234,12 @@ def test_serve_errors_are_one_line(argv, message, capsys):
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_serve_rejects_a_parameter_without_a_key(capsys):
+    with pytest.raises(SystemExit):
+        _serve(["--model", "m", "--dp-router", "jsq", "--dp-router-param", "K"])
+    assert "argument --dp-router-param: must look like KEY=VALUE, got 'K'" in capsys.readouterr().err
 
 
 def test_serve_rejects_an_unknown_policy_with_the_choices(capsys):

@@ -1,0 +1,145 @@
+"""The proxy backend: ``backend=proxy`` routes the run's workload through ``balanceroute proxy`` with the run's router.
+
+A run starts what it needs and stops what it started:
+
+1. the backends: ``backend.targets`` (base URLs of servers already running: vLLM, or vLLM's external-LB DP ranks)
+   or, when it is null, an emulated fleet of ``parallel.dp`` ranks (``balanceroute emulate``, started exactly as
+   ``backend=emulated`` starts it, :class:`~balanceroute.backends.emulated.EmulatedBackend`; the proxy talks to
+   the ranks' own endpoints, not to the fleet's front end);
+2. the proxy (``balanceroute proxy``) over them with ``router`` and ``backend.proxy`` settings, its log
+   in the run folder (``proxy.log``);
+3. the benchmark client (:mod:`balanceroute.bench`) through the proxy, recording the backend of every request
+   (``X-Balanceroute-Worker``).
+
+Results add the proxy's own counts (``proxy_backend_completed`` ... per backend, ``proxy_errors``) from its
+/stats. With the emulated fleet, ``backend.fleet.time_scale`` works as in backend=emulated (arrivals spread by X,
+measured times divided by X).
+
+Config sections read: ``backend`` (conf/backend/proxy.yaml); with the emulated fleet also ``model`` and
+``parallel`` (as backend=emulated).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from balanceroute.backends import ConfigError, RunOutput, RunSpec, check_positive
+from balanceroute.backends.emulated import EmulatedBackend, rescale
+from balanceroute.bench import benchmark
+from balanceroute.proxy.dispatch import DISPATCH_MODES
+from balanceroute.proxy.server import WORKER_HEADER
+from balanceroute.proxy.telemetry import OUTCOMES
+from balanceroute.proxy.upstreams import check_targets
+from balanceroute.serving import ManagedServer, ServerError, free_port
+
+log = logging.getLogger(__name__)
+
+PROXY_LOG = "proxy.log"
+COMMAND = (sys.executable, "-m", "balanceroute.cli", "proxy")
+_PROXY_KEYS = ("dispatch", "max_num_seqs", "host", "port", "health_interval_s", "ready_timeout_s",
+               "stop_timeout_s")
+
+
+class ProxyBackend:
+    """Checks the targets or the fleet, the proxy settings and the bench keys up front; runs on :meth:`run`."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        backend = OmegaConf.to_container(cfg.backend, resolve=True)
+        proxy = backend["proxy"]
+        unknown = sorted(set(proxy) - set(_PROXY_KEYS))
+        if unknown:
+            raise ConfigError(f"backend.proxy: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_PROXY_KEYS)}")
+        if proxy["dispatch"] not in DISPATCH_MODES:
+            raise ConfigError(f"backend.proxy.dispatch: {proxy['dispatch']!r} is not a dispatch mode; valid: "
+                              f"{', '.join(DISPATCH_MODES)}")
+        check_positive("backend.proxy.max_num_seqs", proxy["max_num_seqs"], integer=True, allow_none=True)
+        check_positive("backend.proxy.port", proxy["port"], integer=True, allow_none=True)
+        for key in ("health_interval_s", "ready_timeout_s", "stop_timeout_s"):
+            check_positive(f"backend.proxy.{key}", proxy[key])
+        self.fleet: EmulatedBackend | None = None
+        if backend["targets"]:
+            try:
+                self.targets = list(check_targets(backend["targets"]))
+            except ValueError as exc:
+                raise ConfigError(f"backend.targets: {exc}") from None
+            if not backend["model_name"]:
+                raise ConfigError("backend.model_name: give the model name the targets serve (requests name it)")
+            self.model_name = str(backend["model_name"])
+            self.max_num_seqs = proxy["max_num_seqs"]
+        else:
+            self.fleet = EmulatedBackend(_fleet_config(cfg))  # validates the fleet's section and the preset
+            self.targets = []
+            self.model_name = str(backend["model_name"] or self.fleet.preset.name)
+            self.max_num_seqs = proxy["max_num_seqs"] or self.fleet.preset.max_num_seqs
+        if proxy["dispatch"] == "pool" and self.max_num_seqs is None:
+            raise ConfigError("backend.proxy.max_num_seqs: pool dispatch needs the targets' slots (their "
+                              "--max-num-seqs)")
+        self.backend = backend
+        self.proxy = proxy
+        self.scale = self.fleet.scale if self.fleet is not None else 1.0
+
+    def proxy_command(self, spec: RunSpec, targets: list[str], port: int) -> list[str]:
+        """``balanceroute proxy`` arguments for this run."""
+        p = self.proxy
+        cmd = [*COMMAND, "--targets", ",".join(targets), "--router", spec.router["name"], "--seed", str(spec.seed),
+               "--dispatch", p["dispatch"], "--host", p["host"], "--port", str(port),
+               "--health-interval", repr(float(p["health_interval_s"]))]
+        if self.max_num_seqs is not None:
+            cmd += ["--max-num-seqs", str(self.max_num_seqs)]
+        for key, value in spec.router.items():
+            if key != "name":
+                cmd += ["--router-param", f"{key}={json.dumps(value)}"]
+        return cmd
+
+    def run(self, spec: RunSpec) -> RunOutput:
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        servers: list[ManagedServer] = []
+        targets = self.targets
+        if self.fleet is not None:
+            fleet = self.fleet.fleet_server(spec, key="backend.fleet")
+            servers.append(fleet)
+            host = fleet.url.rsplit(":", 1)[0]
+            targets = [f"{host}:{fleet.port + 1 + g}" for g in range(self.fleet.dp)]
+        p = self.proxy
+        port = p["port"] or free_port(p["host"])
+        proxy = ManagedServer("balanceroute proxy", self.proxy_command(spec, targets, port), spec.run_dir / PROXY_LOG,
+                              p["host"], port, cwd=spec.run_dir, ready_timeout_s=p["ready_timeout_s"],
+                              stop_grace_s=p["stop_timeout_s"], timeout_hint="raise backend.proxy.ready_timeout_s")
+        servers.append(proxy)
+        bench = dict(self.backend["bench"])
+        endpoint = bench.pop("endpoint")
+        workload = spec.workload if self.fleet is None else self.fleet.scaled(spec.workload)
+        started: list[ManagedServer] = []
+        try:
+            for server in servers:
+                started.append(server.start())
+            result = benchmark(proxy.url + endpoint, workload, model=self.model_name, seed=spec.seed,
+                               progress=spec.progress, worker_header=WORKER_HEADER, **bench)
+            proxy.check_alive()
+            stats = json.loads(proxy.fetch("/stats"))
+        except ServerError as exc:
+            raise ConfigError(f"backend=proxy: {exc}") from exc
+        finally:
+            for server in reversed(started):
+                server.stop()
+        requests, summary = result.requests, dict(result.summary)
+        if self.scale != 1:
+            requests, metrics = rescale(result, 1 / self.scale, len(targets))
+            summary.update(metrics)
+        for outcome in OUTCOMES:
+            summary[f"proxy_backend_{outcome}"] = [b[outcome] for b in stats["backends"]]
+        summary.update(proxy_errors=stats["errors"], backend="proxy", targets=targets, num_workers=len(targets),
+                       dispatch=p["dispatch"], time_scale=self.scale)
+        return RunOutput(summary=summary, requests=requests, timeline=None)
+
+
+def _fleet_config(cfg: DictConfig) -> DictConfig:
+    """The run's config with ``backend`` replaced by what backend=emulated reads: the fleet section and the bench."""
+    fleet = cfg.copy()
+    with open_dict(fleet):
+        fleet.backend = {**OmegaConf.to_container(cfg.backend.fleet, resolve=True), "name": "emulated",
+                         "bench": OmegaConf.to_container(cfg.backend.bench, resolve=True)}
+    return fleet
