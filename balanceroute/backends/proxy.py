@@ -11,8 +11,9 @@ A run starts what it needs and stops what it started:
 3. the benchmark client (:mod:`balanceroute.bench`) through the proxy, recording the backend of every request
    (``X-Balanceroute-Worker``).
 
-Results add the proxy's own counts (``proxy_backend_completed`` ... per backend, ``proxy_errors``) from its
-/stats. With the emulated fleet, ``backend.fleet.time_scale`` works as in backend=emulated (arrivals spread by X,
+Results add the proxy's own counts (``proxy_backend_completed`` ... per backend, ``proxy_errors``) and the KV
+balance of its tracked loads sampled at every routing decision (``mean_imbalance``, ``mean_spread``,
+``mean_kv_load``, ``balance_sampled_at``) from its /stats. With the emulated fleet, ``backend.fleet.time_scale`` works as in backend=emulated (arrivals spread by X,
 measured times divided by X).
 
 Config sections read: ``backend`` (conf/backend/proxy.yaml); with the emulated fleet also ``model`` and
@@ -131,6 +132,7 @@ class ProxyBackend:
             summary.update(metrics)
         for outcome in OUTCOMES:
             summary[f"proxy_backend_{outcome}"] = [b[outcome] for b in stats["backends"]]
+        summary.update({k: v for k, v in stats["balance"].items() if k != "num_workers"})
         summary.update(proxy_errors=stats["errors"], backend="proxy", targets=targets, num_workers=len(targets),
                        dispatch=p["dispatch"], time_scale=self.scale)
         return RunOutput(summary=summary, requests=requests, timeline=None)

@@ -120,7 +120,7 @@ class RoutingProxy:
         self.router = LiveRouter(policy, self.tracker, self.upstreams.live)
         self.dispatcher = make_dispatcher(config.dispatch, self.router)
         self.telemetry = Telemetry(self.upstreams, self.tracker, self.dispatcher, router_name=config.router)
-        self.dispatcher.on_decision = self.telemetry.decision.observe
+        self.dispatcher.on_decision = self.telemetry.decided
         self.count_prompt = PromptCounter(tokenizer)
         self.session: aiohttp.ClientSession | None = None
         self.health: HealthMonitor | None = None

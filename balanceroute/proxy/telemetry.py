@@ -14,6 +14,10 @@ Metrics (``backend`` is the backend's index, ``url`` its base URL):
 - ``balanceroute_proxy_decision_seconds``: histogram of routing decision times (policy plus bookkeeping);
 - gauges ``balanceroute_proxy_backend_healthy``, ``..._inflight``, ``..._kv_load_tokens`` per backend and
   ``balanceroute_proxy_pending`` (pool mode: requests waiting for a slot).
+
+``/stats`` also holds the KV balance of the tracked loads sampled right after every routing decision
+(:class:`~balanceroute.metrics.BalanceAccumulator`: the simulator's imbalance and spread definitions; a proxy
+sees no engine steps, so decisions are its sampling points, as in backend=vllm).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from balanceroute.load import LoadTracker
+from balanceroute.metrics import BalanceAccumulator
 from balanceroute.proxy.dispatch import Dispatcher
 from balanceroute.proxy.upstreams import Upstreams
 
@@ -59,6 +64,12 @@ class Telemetry:
                             buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.latency = [latency.labels(str(i)) for i in range(g)]
         self.registry.register(_Collector(self))
+        self.balance = BalanceAccumulator(g)
+
+    def decided(self, seconds: float) -> None:
+        """A routing decision took ``seconds``: its histogram, and a balance sample of the loads it left."""
+        self.decision.observe(seconds)
+        self.balance.add_step(self.tracker.kv_load)
 
     def outcome(self, backend: int, outcome: str) -> None:
         self.outcomes[backend, OUTCOMES.index(outcome)] += 1
@@ -79,7 +90,8 @@ class Telemetry:
                     for i, url in enumerate(self.upstreams.urls)]
         return {"router": self.router_name, "dispatch": self.dispatcher.mode, "backends": backends,
                 "tracked_requests": len(t), "pending": self.dispatcher.pending, "errors": dict(self.errors),
-                "totals": {name: int(v) for name, v in zip(OUTCOMES, self.outcomes.sum(axis=0))}}
+                "totals": {name: int(v) for name, v in zip(OUTCOMES, self.outcomes.sum(axis=0))},
+                "balance": {**self.balance.summary(), "balance_sampled_at": "routing decisions"}}
 
 
 class _Collector:

@@ -34,6 +34,7 @@ def test_a_proxy_run_routes_the_workload_over_an_emulated_fleet(compose, tmp_pat
     assert sum(result["proxy_backend_completed"]) == 60
     assert result["proxy_backend_completed"] == result["worker_requests"]  # the proxy and the client agree
     assert min(result["worker_requests"]) > 0  # jsq_load used every rank
+    assert result["num_steps"] == 60 and result["mean_imbalance"] >= 0  # balance sampled at each decision
 
 
 def test_a_pool_run_with_br0(compose, tmp_path):

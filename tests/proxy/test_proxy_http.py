@@ -149,6 +149,9 @@ async def test_health_models_metrics_and_stats_endpoints(backend_factory, proxy_
     assert stats["router"] == "jsq_load" and stats["totals"]["completed"] == 1
     assert [b["healthy"] for b in stats["backends"]] == [True, True]
     assert {"inflight", "kv_load", "completed", "failed", "cancelled", "url"} <= set(stats["backends"][0])
+    # one decision, one balance sample: the prompt's estimate (ceil(11 bytes / 4) = 3) on one of two backends
+    assert stats["balance"]["num_steps"] == 1 and stats["balance"]["balance_sampled_at"] == "routing decisions"
+    assert stats["balance"]["mean_imbalance"] == 2 * 3 - 3 and stats["balance"]["mean_spread"] == 3
 
 
 async def test_backend_failing_health_check_is_taken_out_and_readmitted(backend_factory, proxy_factory):
