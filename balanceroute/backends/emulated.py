@@ -34,9 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from balanceroute.backends import ConfigError, RunOutput, RunSpec, check_positive
 from balanceroute.backends.sim import model_preset
-from balanceroute.bench import benchmark
+from balanceroute.bench import WORKER_HEADER, benchmark
 from balanceroute.bench.result import BenchResult
-from balanceroute.emulate.server import WORKER_HEADER
 from balanceroute.metrics import itl_from_token_times, summarize
 from balanceroute.serving import ENGINE_COUNTERS, ManagedServer, ServerError, engine_counter
 from balanceroute.sim.presets import get_preset

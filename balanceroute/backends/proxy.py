@@ -29,9 +29,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from balanceroute.backends import ConfigError, RunOutput, RunSpec, check_positive
 from balanceroute.backends.emulated import EmulatedBackend, rescale
-from balanceroute.bench import benchmark
+from balanceroute.bench import WORKER_HEADER, benchmark
 from balanceroute.proxy.dispatch import DISPATCH_MODES
-from balanceroute.proxy.server import WORKER_HEADER
 from balanceroute.proxy.telemetry import OUTCOMES
 from balanceroute.proxy.upstreams import check_targets
 from balanceroute.serving import ManagedServer, ServerError, free_port

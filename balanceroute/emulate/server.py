@@ -28,14 +28,13 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
+from balanceroute.bench.endpoint import WORKER_HEADER
 from balanceroute.bench.prompts import TextTokenizer
 from balanceroute.emulate.engine import LiveEngine, RequestRejected, TokenStream
 from balanceroute.emulate.protocol import DONE, ApiError, CompletionRequest, ResponseWriter, parse_request
 
 log = logging.getLogger(__name__)
 
-#: Response header naming the rank that served a request (the routing proxy sets the same one).
-WORKER_HEADER = "X-Balanceroute-Worker"
 _JSON = "application/json"
 
 

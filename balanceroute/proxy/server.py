@@ -39,6 +39,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from balanceroute.bench.endpoint import WORKER_HEADER
 from balanceroute.bench.prompts import TextTokenizer
 from balanceroute.load import LoadTracker
 from balanceroute.policies import make_policy
@@ -50,8 +51,6 @@ from balanceroute.proxy.upstreams import HealthMonitor, Upstreams, check_targets
 
 log = logging.getLogger(__name__)
 
-#: Response header naming the backend (its index in ``targets``) that served a request.
-WORKER_HEADER = "X-Balanceroute-Worker"
 REQUEST_ID_HEADER = "X-Request-Id"
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
 #: Request headers not forwarded: hop-by-hop headers, and those the proxy's client sets itself.
