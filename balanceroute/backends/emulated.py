@@ -32,7 +32,15 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from balanceroute.backends import ConfigError, RunOutput, RunSpec, check_positive
+from balanceroute.backends import (
+    BENCH_KEYS,
+    ConfigError,
+    RunOutput,
+    RunSpec,
+    check_keys,
+    check_positive,
+    check_started_server,
+)
 from balanceroute.backends.sim import model_preset
 from balanceroute.bench import WORKER_HEADER, benchmark
 from balanceroute.bench.result import BenchResult
@@ -46,7 +54,6 @@ log = logging.getLogger(__name__)
 FLEET_LOG = "emulator.log"
 #: How the fleet is started (``balanceroute emulate`` in this Python).
 COMMAND = (sys.executable, "-m", "balanceroute.cli", "emulate")
-_BENCH_KEYS = ("endpoint", "stream", "ignore_eos", "max_concurrency", "warmup", "timeout_s")
 #: Per-request time columns of the client's records (seconds), rescaled by the time scale.
 _TIME_COLUMNS = ("arrival_s", "first_token_s", "finish_s", "scheduled_s", "queue_s", "lateness_s")
 
@@ -84,12 +91,8 @@ class EmulatedBackend:
         if not isinstance(backend["barrier"], bool):
             raise ConfigError(f"backend.barrier: must be true or false, got {backend['barrier']!r}")
         check_positive("backend.time_scale", backend["time_scale"])
-        check_positive("backend.port", backend["port"], integer=True, allow_none=True)
-        check_positive("backend.ready_timeout_s", backend["ready_timeout_s"])
-        check_positive("backend.stop_timeout_s", backend["stop_timeout_s"])
-        unknown = sorted(set(backend["bench"]) - set(_BENCH_KEYS))
-        if unknown:
-            raise ConfigError(f"backend.bench: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_BENCH_KEYS)}")
+        check_started_server(backend, "backend")
+        check_keys(backend["bench"], BENCH_KEYS, "backend.bench")
         self.backend = backend
         self.scale = float(backend["time_scale"])
 

@@ -27,7 +27,15 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from balanceroute.backends import ConfigError, RunOutput, RunSpec, check_positive
+from balanceroute.backends import (
+    BENCH_KEYS,
+    ConfigError,
+    RunOutput,
+    RunSpec,
+    check_keys,
+    check_positive,
+    check_started_server,
+)
 from balanceroute.backends.emulated import EmulatedBackend, rescale
 from balanceroute.bench import WORKER_HEADER, benchmark
 from balanceroute.proxy.dispatch import DISPATCH_MODES
@@ -49,16 +57,14 @@ class ProxyBackend:
     def __init__(self, cfg: DictConfig) -> None:
         backend = OmegaConf.to_container(cfg.backend, resolve=True)
         proxy = backend["proxy"]
-        unknown = sorted(set(proxy) - set(_PROXY_KEYS))
-        if unknown:
-            raise ConfigError(f"backend.proxy: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_PROXY_KEYS)}")
+        check_keys(proxy, _PROXY_KEYS, "backend.proxy")
+        check_keys(backend["bench"], BENCH_KEYS, "backend.bench")
         if proxy["dispatch"] not in DISPATCH_MODES:
             raise ConfigError(f"backend.proxy.dispatch: {proxy['dispatch']!r} is not a dispatch mode; valid: "
                               f"{', '.join(DISPATCH_MODES)}")
         check_positive("backend.proxy.max_num_seqs", proxy["max_num_seqs"], integer=True, allow_none=True)
-        check_positive("backend.proxy.port", proxy["port"], integer=True, allow_none=True)
-        for key in ("health_interval_s", "ready_timeout_s", "stop_timeout_s"):
-            check_positive(f"backend.proxy.{key}", proxy[key])
+        check_positive("backend.proxy.health_interval_s", proxy["health_interval_s"])
+        check_started_server(proxy, "backend.proxy")
         self.fleet: EmulatedBackend | None = None
         if backend["targets"]:
             try:

@@ -32,7 +32,15 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from balanceroute.backends import ConfigError, RunOutput, RunSpec, check_positive
+from balanceroute.backends import (
+    BENCH_KEYS,
+    ConfigError,
+    RunOutput,
+    RunSpec,
+    check_keys,
+    check_positive,
+    check_started_server,
+)
 from balanceroute.bench import benchmark, load_tokenizer
 from balanceroute.metrics import BalanceAccumulator
 from balanceroute.serving import ENGINE_COUNTERS, ServerError, VllmServer, engine_counter, free_port, serve_command
@@ -52,7 +60,8 @@ log = logging.getLogger(__name__)
 
 SERVER_LOG = "vllm_server.log"
 DECISION_LOG = "decisions.jsonl"
-_BENCH_KEYS = ("endpoint", "stream", "ignore_eos", "max_concurrency", "warmup", "timeout_s", "tokenizer")
+#: Here also ``tokenizer``: make synthetic prompts exact in length with the served model's tokenizer.
+_BENCH_KEYS = (*BENCH_KEYS, "tokenizer")
 
 
 class VllmBackend:
@@ -72,12 +81,8 @@ class VllmBackend:
         self.served_model = str(self.model.get("served_model_name") or self.model["model"])
         self.dp, self.tp, self.ep = int(cfg.parallel.dp), int(cfg.parallel.tp), bool(cfg.parallel.ep)
         check_positive("backend.api_server_count", backend["api_server_count"], integer=True, allow_none=True)
-        check_positive("backend.port", backend["port"], integer=True, allow_none=True)
-        check_positive("backend.ready_timeout_s", backend["ready_timeout_s"])
-        check_positive("backend.stop_timeout_s", backend["stop_timeout_s"])
-        unknown = sorted(set(backend["bench"]) - set(_BENCH_KEYS))
-        if unknown:
-            raise ConfigError(f"backend.bench: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_BENCH_KEYS)}")
+        check_started_server(backend, "backend")
+        check_keys(backend["bench"], _BENCH_KEYS, "backend.bench")
         if not isinstance(backend["plugin"], bool):
             raise ConfigError(f"backend.plugin: must be true or false, got {backend['plugin']!r}")
         try:
