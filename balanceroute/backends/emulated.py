@@ -32,15 +32,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from balanceroute.backends import (
-    BENCH_KEYS,
-    ConfigError,
-    RunOutput,
-    RunSpec,
-    check_keys,
-    check_positive,
-    check_started_server,
-)
+from balanceroute.backends import ConfigError, RunOutput, RunSpec
+from balanceroute.backends.checks import BENCH_KEYS, check_keys, check_positive, check_started_server
 from balanceroute.backends.sim import model_preset
 from balanceroute.bench import WORKER_HEADER, benchmark
 from balanceroute.bench.result import BenchResult

@@ -27,15 +27,8 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from balanceroute.backends import (
-    BENCH_KEYS,
-    ConfigError,
-    RunOutput,
-    RunSpec,
-    check_keys,
-    check_positive,
-    check_started_server,
-)
+from balanceroute.backends import ConfigError, RunOutput, RunSpec
+from balanceroute.backends.checks import BENCH_KEYS, check_keys, check_positive, check_started_server
 from balanceroute.backends.emulated import EmulatedBackend, rescale
 from balanceroute.bench import WORKER_HEADER, benchmark
 from balanceroute.proxy.dispatch import DISPATCH_MODES
