@@ -1,14 +1,7 @@
 """Fixtures for the benchmark client tests: the OpenAI test server, started in the test's event loop."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # tests.support is imported from the repository root
-    sys.path.insert(0, str(ROOT))
 
 from tests.support.openai_server import ServerConfig, serve
 

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # tests.support is imported from the repository root
-    sys.path.insert(0, str(ROOT))
-
 from balanceroute.proxy import ProxyConfig, RoutingProxy, serve
 from tests.support.openai_server import RunningServer, ServerConfig, make_app
 from tests.support.openai_server import serve as serve_backend
+
+ROOT = Path(__file__).resolve().parents[2]  # the subprocess backends run from the repository root
 
 #: Health checks in tests run every 50 ms, so that take-out and readmission happen within a test's second.
 FAST_HEALTH = {"health_interval_s": 0.05, "health_timeout_s": 0.5, "connect_timeout_s": 1.0}
