@@ -8,11 +8,14 @@ policy never needs to know that a backend is down.
 Pool mode holds requests in the proxy, oldest first, and runs a placement round (``Router.place_pool``, the
 policy's ``assign``: br0's two-stage pool form, bf_io, or FCFS over ``choose`` for the others) whenever something
 changes: a request arrives, a request releases its slot, a backend comes back. A backend's slots are
-``max_num_seqs`` minus the requests the proxy has in flight there.
+``max_num_seqs`` minus the requests the proxy has in flight there. A round shows the policy the
+:data:`POOL_WINDOW` oldest waiting requests, as the simulator's pool does (``SimConfig.pool_window``), so its cost
+does not grow with the queue.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Hashable
 
@@ -22,6 +25,8 @@ from balanceroute.load import LoadTracker, Router
 from balanceroute.policies import PendingRequests, Policy
 
 DISPATCH_MODES = ("on_arrival", "pool")
+#: Waiting requests a pool round considers at most (the oldest ones).
+POOL_WINDOW = 1024
 
 
 class NoLiveBackendError(RuntimeError):
@@ -125,10 +130,12 @@ class PoolDispatcher(Dispatcher):
         self._scheduled = False
         for request_id in [r for r, (_, _, f) in self._waiting.items() if f.done()]:
             del self._waiting[request_id]  # cancelled by its client since it was queued
-        if not self._waiting or not self.router.live.any():
+        t = self.router.tracker
+        free = (t.max_num_seqs - t.running - t.waiting > 0) & self.router.live
+        if not self._waiting or not free.any():
             return
-        ids = list(self._waiting)
-        entries = list(self._waiting.values())
+        ids = list(itertools.islice(self._waiting, POOL_WINDOW))
+        entries = [self._waiting[r] for r in ids]
         pending = PendingRequests(prompt_len=np.fromiter((e[0] for e in entries), np.int64, len(entries)),
                                   prompt_hash=np.fromiter((e[1] for e in entries), np.int64, len(entries)))
         start = time.perf_counter()
@@ -137,6 +144,8 @@ class PoolDispatcher(Dispatcher):
         for i, worker in zip(assignment.index, assignment.worker):
             _, _, future = self._waiting.pop(ids[i])
             future.set_result(int(worker))
+        if len(assignment):  # requests beyond the window may fit the slots still free
+            self._schedule()
 
 
 def make_dispatcher(mode: str, router: LiveRouter) -> Dispatcher:

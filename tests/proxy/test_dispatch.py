@@ -9,6 +9,7 @@ import pytest
 
 from balanceroute.load import LoadTracker
 from balanceroute.policies import PendingRequests, available_policies, make_policy
+from balanceroute.proxy import dispatch
 from balanceroute.proxy.dispatch import LiveRouter, NoLiveBackendError, PoolDispatcher, make_dispatcher
 from tests.proxy.client import completion_body, post
 from tests.proxy.test_reliability import assert_no_load, wait_for
@@ -48,6 +49,23 @@ async def test_pool_holds_requests_until_slots_free_and_forgets_cancelled_ones()
     dispatcher.release(1, True)
     dispatcher.release(3, False)
     assert len(dispatcher.router.tracker) == 0 and dispatcher.router.tracker.kv_load.sum() == 0
+
+
+async def test_a_pool_round_considers_the_oldest_window_and_rounds_continue_while_slots_are_free(monkeypatch):
+    monkeypatch.setattr(dispatch, "POOL_WINDOW", 1)
+    live = np.ones(2, dtype=bool)
+    dispatcher = PoolDispatcher(LiveRouter(make_policy("br0"), LoadTracker(2, max_num_seqs=1), live))
+    rounds = []
+    dispatcher.on_decision = rounds.append
+    tasks = [asyncio.create_task(dispatcher.acquire(i, 10 * (i + 1))) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert [t.done() for t in tasks] == [True, True, False]  # oldest first, one per round, both slots filled
+    assert len(rounds) == 2 and dispatcher.pending == 1  # no third round: no slot is free
+    dispatcher.release(0, True)
+    assert await tasks[2] == tasks[0].result()
+    dispatcher.release(1, True)
+    dispatcher.release(2, True)
+    assert dispatcher.router.tracker.kv_load.sum() == 0
 
 
 async def test_pool_mode_over_http_keeps_each_backend_within_its_slots(backend_factory, proxy_factory):
