@@ -96,12 +96,12 @@ def wall_clock_lateness(live: BenchResult, sim: SimResult, time_scale: float) ->
     reached the client after its simulated time (scaled; an upper bound on how late a router in between saw it,
     and it includes a request's late arrival at its rank, which shifts that rank's steps). Requests that did not
     stream all their tokens are left to the caller's checks."""
-    order = np.argsort(live.requests["request_id"].to_numpy())
-    got = live.requests.iloc[order]
-    seen = [live.token_times[i] for i in order]
-    start = float(np.median(got["scheduled_s"].to_numpy() - sim.requests["arrival_s"].to_numpy() * time_scale))
-    token = max((float(np.max(s - start - t * time_scale))
-                 for s, t in zip(seen, simulated_token_times(sim)) if len(s) == len(t)), default=0.0)
+    got = live.requests
+    ids = got["request_id"].to_numpy()
+    start = float(np.median(got["scheduled_s"].to_numpy() - sim.requests["arrival_s"].to_numpy()[ids] * time_scale))
+    planned = simulated_token_times(sim)
+    token = max((float(np.max(seen - start - planned[i] * time_scale))
+                 for i, seen in zip(ids, live.token_times) if len(seen) == len(planned[i])), default=0.0)
     send = float(np.max(got["arrival_s"].to_numpy() - got["scheduled_s"].to_numpy()))
     return {"send": send, "token": token}
 
