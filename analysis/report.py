@@ -37,9 +37,9 @@ from balanceroute.results import REQUESTS_FILE, TIMELINE_FILE
 
 log = logging.getLogger(__name__)
 
-#: Columns of the report's table, and the metrics plotted against the setup axis.
+#: Columns of the report's table; the first PLOTTED of the table's columns are plotted against the setup axis.
 TABLE_METRICS = ("output_throughput", "p95_ttft_ms", "p95_tpot_ms", "mean_imbalance", "barrier_idle_fraction")
-PLOT_METRICS = ("output_throughput", "p95_ttft_ms", "p95_tpot_ms", "mean_imbalance")
+PLOTTED = 4
 #: Baselines tried in order when none is given: vLLM's router, then the classic count-based one.
 PREFERRED_BASELINES = ("vllm_default", "jsq")
 #: Constant config keys the report's setup paragraph names, when present.
@@ -134,6 +134,29 @@ def _setup_text(runs: pd.DataFrame) -> str:
     return ", ".join(parts) + (f"; seeds {', '.join(map(str, seeds))}" if seeds else "")
 
 
+def regime_text(runs: pd.DataFrame) -> str | None:
+    """What bound the runs and over which window their steady_* figures are taken (None for runs without them):
+    a number means little without the regime it was measured in."""
+    if "steady_window" not in runs:
+        return None
+    kind = runs["steady_window"].astype(str)
+    saturated = kind == "saturated"
+    parts = [f"steady window: all slots busy in {int(saturated.sum())} of {len(runs)} runs"]
+    if saturated.any():
+        length = pd.to_numeric(runs.loc[saturated, "steady_window_s"])
+        parts[0] += f" (window {length.min():.0f}-{length.max():.0f} s)"
+    if (~saturated).any():
+        parts.append(f"the other {int((~saturated).sum())} never held every slot busy and are measured over the "
+                     "arrival span less its warm-up and cool-down cuts (steady_window = cut)")
+    if "peak_kv_usage" in runs:
+        peak = pd.to_numeric(runs["peak_kv_usage"]).max()
+        parts.append(f"peak KV usage {peak:.2f} of capacity ({'KV binds' if peak > 0.95 else 'KV does not bind'})")
+    if "max_num_seqs" in runs:
+        slots = sorted(pd.to_numeric(runs["max_num_seqs"]).dropna().astype(int).unique())
+        parts.append(f"{', '.join(map(str, slots))} slots per worker")
+    return "Regime: " + "; ".join(parts) + "."
+
+
 def sweep_command(sweep_dir: Path) -> str | None:
     """The command that ran the sweep, from Hydra's ``multirun.yaml`` in the sweep folder (None if absent)."""
     path = sweep_dir / "multirun.yaml"
@@ -170,7 +193,7 @@ def build_report(sweep_dir: str | Path, *, out: str | Path | None = None, baseli
     chosen = focus_setup(runs, setup_axes, focus or {})
     others = {a: chosen[a] for a in independent_of(runs, x, setup_axes)}
     plot_x = x.removeprefix(CONFIG_PREFIX) if x else None
-    shown = [m for m in PLOT_METRICS if m in table]
+    shown = [m for m in metrics if m in table][:PLOTTED]
     caption = (f"{', '.join(shown)} {f'against {plot_x}' if plot_x else 'per router'}, mean and 95% CI over seeds"
                + (f" ({_describe(others)})" if others else ""))
     figures = [(plots.plot_metrics(_at(table, others, rename=True), shown, plot_x, out / "metrics.png", palette),
@@ -222,7 +245,7 @@ def _markdown(title: str, runs: pd.DataFrame, table: pd.DataFrame, metrics: Sequ
               figures: list[tuple[Path, str]], commands: list[str], out: Path) -> str:
     routers = sorted(runs["router"].unique(), key=natural_key)
     lines = [f"# {title}", "", f"{len(runs)} runs of {len(routers)} routers ({', '.join(routers)}).",
-             f"Setup: {_setup_text(runs)}.", ""]
+             f"Setup: {_setup_text(runs)}.", *filter(None, [regime_text(runs)]), ""]
     lines += ["Reproduce (the sweep, whose end writes this report; then the report alone):", "", "```bash",
               *commands, "```", ""]
     lines += ["## Results", "", render(table, "md", metrics, baseline, mark_best=True).rstrip(), "",

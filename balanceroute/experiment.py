@@ -32,6 +32,7 @@ from balanceroute.config_hash import NOT_RUN_DEFINING, config_hash, run_defining
 from balanceroute.policies import Policy
 from balanceroute.results import read_result
 from balanceroute.serving import slurm_job_id
+from balanceroute.steady import SteadyWindow, steady_metrics
 from balanceroute.tracking import finishing, make_tracker, record_run
 from balanceroute.workload import Workload
 
@@ -109,17 +110,48 @@ def check_config(cfg: DictConfig) -> None:
 
 
 # ---- building the parts -----------------------------------------------------------------------------------------
+#: Seed offset of a warm start's history: far from any seed a sweep uses, so the history never repeats a run.
+HISTORY_SEED_OFFSET = 1_000_003
+
+
+def history_lengths(cfg: DictConfig, count: int) -> list[int]:
+    """Output lengths of ``count`` earlier requests of the run's generated workload (drawn with another seed):
+    the history a deployment would warm-start its output-length estimate from (conf/router/_prior.yaml)."""
+    if is_trace(cfg):
+        raise ConfigError(f"router.history_requests: {count} asks for history drawn from a generated workload, but "
+                          f"workload {cfg.workload.name!r} replays a trace (its rows would be this run's own); "
+                          "set router.prior_lengths to lengths from an earlier run instead, or history_requests=0")
+    history = cfg.workload.copy()
+    history.num_requests = count
+    history.seed = cfg.seed + HISTORY_SEED_OFFSET
+    params = OmegaConf.to_container(history, resolve=True)
+    params.pop("name")
+    with config_key("router.history_requests"):
+        return instantiate(params).output_len.tolist()
+
+
 def router_params(cfg: DictConfig) -> dict[str, Any]:
-    """The router's name and parameters (``make_policy`` arguments), without Hydra's ``_target_``."""
+    """The router's name and parameters (``make_policy`` arguments), without Hydra's ``_target_``; a warm start
+    from history (``history_requests``) becomes ``prior_lengths`` worth one observation each."""
     params = OmegaConf.to_container(cfg.router, resolve=True)
     params.pop("_target_", None)
-    return params
+    count = params.pop("history_requests", 0)
+    if not count:
+        return params
+    _check_int("router.history_requests", count, 0)
+    if params.get("prior_lengths") is not None:
+        raise ConfigError("router.history_requests: give either a history to draw (history_requests) or "
+                          "prior_lengths, not both")
+    lengths = history_lengths(cfg, count)
+    return {**params, "prior_lengths": lengths, "prior_weight": float(len(lengths))}
 
 
-def build_policy(cfg: DictConfig) -> Policy:
-    """The routing policy of ``cfg.router`` (a ``_target_`` config), seeded with ``cfg.seed``."""
+def build_policy(cfg: DictConfig, params: dict[str, Any] | None = None) -> Policy:
+    """The routing policy of ``cfg.router`` (its ``_target_`` called with :func:`router_params`, or ``params``
+    when the caller has them already), seeded with ``cfg.seed``."""
     with config_key("router"):
-        return instantiate(cfg.router, seed=cfg.seed)
+        params = router_params(cfg) if params is None else params
+        return instantiate({"_target_": cfg.router._target_, **params}, seed=cfg.seed, _convert_="all")
 
 
 def build_workload(cfg: DictConfig) -> Workload:
@@ -132,6 +164,12 @@ def build_workload(cfg: DictConfig) -> Workload:
         raise ConfigError(f"workload._target_: {params['_target_']} returned {type(workload).__name__}, "
                           "not a balanceroute.workload.Workload")
     return dataclasses.replace(workload, name=name)
+
+
+def build_steady_window(cfg: DictConfig) -> SteadyWindow:
+    """How the steady window of ``cfg.steady`` is chosen (:mod:`balanceroute.steady`)."""
+    with config_key("steady"):
+        return SteadyWindow(**OmegaConf.to_container(cfg.steady, resolve=True))
 
 
 # ---- the run ----------------------------------------------------------------------------------------------------
@@ -191,10 +229,12 @@ def run_experiment(cfg: DictConfig, *, progress: bool = False) -> dict[str, Any]
         log.info("rerunning: the configuration changed since %s/result.json was written (config_hash %s -> %s)",
                  run_dir, previous.get("config_hash"), digest)
 
-    policy = build_policy(cfg)
+    steady = build_steady_window(cfg)
+    router = router_params(cfg)
+    policy = build_policy(cfg, router)
     backend = make_backend(cfg)
     workload = build_workload(cfg)
-    spec = RunSpec(workload=workload, policy=policy, router=router_params(cfg), seed=cfg.seed,
+    spec = RunSpec(workload=workload, policy=policy, router=router, seed=cfg.seed,
                    run_dir=run_dir, progress=progress)
     rate = "the trace's timestamps" if cfg.rate is None else f"{cfg.rate} requests/s"
     log.info("running %s: %d requests (%s) at %s over dp=%d, router %s, model %s", cfg.backend.name,
@@ -207,7 +247,9 @@ def run_experiment(cfg: DictConfig, *, progress: bool = False) -> dict[str, Any]
     with finishing(tracker):
         started = time.perf_counter()
         output = backend.run(spec)
-        result = {**output.summary, **identity,
+        window = steady_metrics(output.requests, output.steps, num_workers=cfg.parallel.dp,
+                                slots_per_worker=output.summary.get("max_num_seqs"), window=steady)
+        result = {**output.summary, **window, **identity,
                   "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   "wall_time_s": round(time.perf_counter() - started, 3)}
         record_run(run_dir, result, output.requests, output.timeline, tracker)

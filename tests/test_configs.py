@@ -6,6 +6,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from hydra import compose as hydra_compose
@@ -17,7 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from balanceroute.backends import ConfigError, make_backend
 from balanceroute.backends.sim import model_preset
 from balanceroute.config_hash import config_hash
-from balanceroute.experiment import build_policy, build_workload, check_config
+from balanceroute.experiment import HISTORY_SEED_OFFSET, build_policy, build_workload, check_config, router_params
 from balanceroute.policies import Policy, available_policies
 from balanceroute.sim.presets import PRESETS, ModelPreset
 from balanceroute.workload import Workload
@@ -69,7 +70,7 @@ def test_each_registered_policy_has_a_router_config_and_vice_versa():
 @pytest.mark.parametrize("router", options("router"))
 def test_every_router_instantiates(router, compose):
     cfg = compose([f"router={router}"])
-    policy = instantiate(cfg.router, seed=3)
+    policy = instantiate({"_target_": cfg.router._target_, **router_params(cfg)}, seed=3)
     assert isinstance(policy, Policy) and policy.name == router and policy.seed == 3
     assert build_policy(cfg).name == router
 
@@ -226,3 +227,67 @@ def test_sweep_folder_is_named_by_study_and_overrides(compose):
     assert OmegaConf.to_container(hydra.sweep)["dir"] == "${paths.log_dir}/multirun/${name}"
     assert OmegaConf.to_container(hydra.sweep)["subdir"] == "${hydra.job.override_dirname}"
     assert {"resume", "name", "experiment"} <= set(hydra.job.config.override_dirname.exclude_keys)
+
+
+# ---- study arms: one dispatch meaning on every backend ------------------------------------------------------------
+def _arm_dispatch(arm: str) -> str | None:
+    spec = yaml.safe_load((CONF_DIR / "arm" / f"{arm}.yaml").read_text())
+    return (spec.get("backend") or {}).get("dispatch")
+
+
+@pytest.mark.parametrize("arm", [a for a in options("arm") if a.startswith(("br0", "br_h", "bf_io"))])
+def test_every_br_and_bf_io_arm_places_from_the_pool(arm, compose):
+    """Bu et al.'s and Chen et al.'s policies are pool policies: their arms set the pool, on any study."""
+    assert _arm_dispatch(arm) == "pool"
+    assert compose([f"+arm={arm}"]).backend.dispatch == "pool"
+    assert compose(["+experiment=bu2026_g8", f"+arm={arm}"]).backend.dispatch == "pool"
+
+
+@pytest.mark.parametrize("backend", ["emulated", "vllm"])
+def test_a_backend_without_a_pool_refuses_a_pool_arm(backend, compose):
+    cfg = compose([f"backend={backend}", "+arm=br0_pool", "model=tiny_moe", "model.vllm.model=/nonexistent"])
+    with pytest.raises(ConfigError, match=rf"^backend.dispatch: 'pool' is not available with backend={backend} "):
+        make_backend(cfg)
+
+
+def test_the_proxy_honours_a_pool_arm(compose):
+    cfg = compose(["backend=proxy", "+arm=br0_pool", "model=tiny"])
+    backend = make_backend(cfg)
+    assert backend.dispatch == "pool"
+    assert "--dispatch pool" in " ".join(backend.proxy_command(_spec(cfg), ["http://127.0.0.1:1"], 2))
+
+
+def test_an_unknown_backend_key_is_refused(compose):
+    cfg = compose(["backend=proxy", "+backend.dispach=pool"])
+    with pytest.raises(ConfigError, match=r"^backend: unknown key\(s\) dispach; valid: "):
+        make_backend(cfg)
+
+
+def _spec(cfg):
+    from balanceroute.backends import RunSpec
+    return RunSpec(workload=build_workload(cfg), policy=build_policy(cfg), router=router_params(cfg), seed=0,
+                   run_dir=Path("."))
+
+
+# ---- warm start from history ---------------------------------------------------------------------------------------
+def test_history_warm_start_draws_other_requests_of_the_same_workload(compose):
+    cfg = compose(["+arm=br_h_survival", "workload.num_requests=50", "router.history_requests=300", "seed=4"])
+    params = router_params(cfg)
+    assert "history_requests" not in params
+    lengths = params["prior_lengths"]
+    assert len(lengths) == 300 and params["prior_weight"] == 300.0
+    run = build_workload(cfg).output_len.tolist()
+    assert lengths[:50] != run  # not this run's own requests
+    with open_dict(cfg):
+        cfg.workload.seed = 4 + HISTORY_SEED_OFFSET
+        cfg.workload.num_requests = 300
+    assert lengths == build_workload(cfg).output_len.tolist()  # the same generator, another seed
+    policy = build_policy(cfg)
+    assert policy.estimator.prior_mean == pytest.approx(np.mean(lengths))
+
+
+def test_history_of_a_trace_workload_is_refused(data_dir, compose):
+    cfg = compose(["+arm=br_h_survival", "workload=azure_conv", f"data.data_dir={data_dir}"])
+    with pytest.raises(ConfigError, match=r"^router.history_requests: 2000 asks for history drawn from a generated "
+                                          r"workload, but workload 'azure_conv' replays a trace"):
+        router_params(cfg)

@@ -138,8 +138,10 @@ def test_every_study_arm_builds_its_router_under_its_label(arm, compose):
 
     cfg = compose([f"+arm={arm}"])
     policy = build_policy(cfg)
-    assert run_label(cfg) == arm and policy.name == cfg.router.name and arm.startswith(policy.name)
-    assert cfg.backend.dispatch == ("pool" if arm.endswith("_pool") else "on_arrival")
+    assert run_label(cfg) == arm and policy.name == cfg.router.name
+    assert arm.startswith(policy.name) or (arm, policy.name) == ("fcfs_pool", "round_robin")
+    pool_policy = arm.startswith(("br0", "br_h", "bf_io"))  # Bu et al.'s and Chen et al.'s: pool policies
+    assert cfg.backend.dispatch == ("pool" if pool_policy or arm.endswith("_pool") else "on_arrival")
     if arm.startswith("fast_phi_k"):
         assert policy.K == int(arm.removeprefix("fast_phi_k"))
     if arm.startswith("br_h_"):

@@ -74,11 +74,13 @@ class RunSpec:
 @dataclass(frozen=True)
 class RunOutput:
     """What a backend measured: the metrics summary (:func:`balanceroute.metrics.summarize` keys), the
-    per-request records and, where the backend can see it, the per-worker load timeline (else None)."""
+    per-request records and, where the backend can see them, the per-worker load timeline and the per-step trace
+    of the steady window (:mod:`balanceroute.steady`; else None)."""
 
     summary: dict[str, Any]
     requests: pd.DataFrame
     timeline: pd.DataFrame | None
+    steps: pd.DataFrame | None = None
 
 
 class Backend(Protocol):

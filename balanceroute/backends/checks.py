@@ -26,6 +26,23 @@ def check_keys(section: Mapping[str, Any], valid: Sequence[str], key: str) -> No
         raise ConfigError(f"{key}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
 
 
+#: How requests reach the workers (``backend.dispatch``): routed when they arrive, or held in a central pool
+#: until a worker has a free slot (ALGORITHMS.md section 3).
+DISPATCH_MODES = ("on_arrival", "pool")
+
+
+def check_dispatch(section: Mapping[str, Any], backend: str, supported: Sequence[str], why: str = "") -> str:
+    """``section["dispatch"]`` if it is a dispatch mode ``backend`` can honour; else a ConfigError naming the
+    value (a study arm that needs the pool must not silently run another way on a backend without one)."""
+    mode = section.get("dispatch")
+    if mode not in DISPATCH_MODES:
+        raise ConfigError(f"backend.dispatch: {mode!r} is not a dispatch mode; valid: {', '.join(DISPATCH_MODES)}")
+    if mode not in supported:
+        raise ConfigError(f"backend.dispatch: {mode!r} is not available with backend={backend}{why}; it supports "
+                          f"{', '.join(supported)} (pool dispatch runs on backend=sim and backend=proxy)")
+    return mode
+
+
 #: ``backend.bench`` keys of the live backends: the benchmark client's settings (:func:`balanceroute.bench.
 #: benchmark` arguments, ``endpoint`` the path sent to).
 BENCH_KEYS = ("endpoint", "stream", "ignore_eos", "max_concurrency", "warmup", "timeout_s")

@@ -33,7 +33,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from balanceroute.backends import ConfigError, RunOutput, RunSpec
-from balanceroute.backends.checks import BENCH_KEYS, check_keys, check_positive, check_started_server
+from balanceroute.backends.checks import BENCH_KEYS, check_dispatch, check_keys, check_positive, check_started_server
 from balanceroute.backends.sim import model_preset
 from balanceroute.bench import WORKER_HEADER, benchmark
 from balanceroute.bench.result import BenchResult
@@ -84,6 +84,8 @@ class EmulatedBackend:
         if not isinstance(backend["barrier"], bool):
             raise ConfigError(f"backend.barrier: must be true or false, got {backend['barrier']!r}")
         check_positive("backend.time_scale", backend["time_scale"])
+        check_dispatch(backend, "emulated", ("on_arrival",), " (its DP front end routes each request when it "
+                       "arrives, as vLLM's; it has no central pool)")
         check_started_server(backend, "backend")
         check_keys(backend["bench"], BENCH_KEYS, "backend.bench")
         self.backend = backend

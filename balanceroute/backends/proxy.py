@@ -28,10 +28,16 @@ import sys
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from balanceroute.backends import ConfigError, RunOutput, RunSpec
-from balanceroute.backends.checks import BENCH_KEYS, check_keys, check_positive, check_started_server
+from balanceroute.backends.checks import (
+    BENCH_KEYS,
+    DISPATCH_MODES,
+    check_dispatch,
+    check_keys,
+    check_positive,
+    check_started_server,
+)
 from balanceroute.backends.emulated import EmulatedBackend, rescale
 from balanceroute.bench import WORKER_HEADER, benchmark
-from balanceroute.proxy.dispatch import DISPATCH_MODES
 from balanceroute.proxy.telemetry import OUTCOMES
 from balanceroute.proxy.upstreams import check_targets
 from balanceroute.serving import ManagedServer, ServerError, free_port
@@ -40,7 +46,8 @@ log = logging.getLogger(__name__)
 
 PROXY_LOG = "proxy.log"
 COMMAND = (sys.executable, "-m", "balanceroute.cli", "proxy")
-_PROXY_KEYS = ("dispatch", "max_num_seqs", "host", "port", "health_interval_s", "ready_timeout_s",
+_BACKEND_KEYS = ("name", "dispatch", "targets", "model_name", "fleet", "proxy", "bench")
+_PROXY_KEYS = ("max_num_seqs", "host", "port", "health_interval_s", "ready_timeout_s",
                "stop_timeout_s")
 
 
@@ -50,11 +57,10 @@ class ProxyBackend:
     def __init__(self, cfg: DictConfig) -> None:
         backend = OmegaConf.to_container(cfg.backend, resolve=True)
         proxy = backend["proxy"]
+        check_keys(backend, _BACKEND_KEYS, "backend")
         check_keys(proxy, _PROXY_KEYS, "backend.proxy")
         check_keys(backend["bench"], BENCH_KEYS, "backend.bench")
-        if proxy["dispatch"] not in DISPATCH_MODES:
-            raise ConfigError(f"backend.proxy.dispatch: {proxy['dispatch']!r} is not a dispatch mode; valid: "
-                              f"{', '.join(DISPATCH_MODES)}")
+        self.dispatch = check_dispatch(backend, "proxy", DISPATCH_MODES)
         check_positive("backend.proxy.max_num_seqs", proxy["max_num_seqs"], integer=True, allow_none=True)
         check_positive("backend.proxy.health_interval_s", proxy["health_interval_s"])
         check_started_server(proxy, "backend.proxy")
@@ -73,7 +79,7 @@ class ProxyBackend:
             self.targets = []
             self.model_name = str(backend["model_name"] or self.fleet.preset.name)
             self.max_num_seqs = proxy["max_num_seqs"] or self.fleet.preset.max_num_seqs
-        if proxy["dispatch"] == "pool" and self.max_num_seqs is None:
+        if self.dispatch == "pool" and self.max_num_seqs is None:
             raise ConfigError("backend.proxy.max_num_seqs: pool dispatch needs the targets' slots (their "
                               "--max-num-seqs)")
         self.backend = backend
@@ -84,7 +90,7 @@ class ProxyBackend:
         """``balanceroute proxy`` arguments for this run."""
         p = self.proxy
         cmd = [*COMMAND, "--targets", ",".join(targets), "--router", spec.router["name"], "--seed", str(spec.seed),
-               "--dispatch", p["dispatch"], "--host", p["host"], "--port", str(port),
+               "--dispatch", self.dispatch, "--host", p["host"], "--port", str(port),
                "--health-interval", repr(float(p["health_interval_s"]))]
         if self.max_num_seqs is not None:
             cmd += ["--max-num-seqs", str(self.max_num_seqs)]
@@ -132,7 +138,7 @@ class ProxyBackend:
             summary[f"proxy_backend_{outcome}"] = [b[outcome] for b in stats["backends"]]
         summary.update({k: v for k, v in stats["balance"].items() if k != "num_workers"})
         summary.update(proxy_errors=stats["errors"], backend="proxy", targets=targets, num_workers=len(targets),
-                       dispatch=p["dispatch"], time_scale=self.scale)
+                       dispatch=self.dispatch, time_scale=self.scale)
         return RunOutput(summary=summary, requests=requests, timeline=None)
 
 
@@ -141,5 +147,6 @@ def _fleet_config(cfg: DictConfig) -> DictConfig:
     fleet = cfg.copy()
     with open_dict(fleet):
         fleet.backend = {**OmegaConf.to_container(cfg.backend.fleet, resolve=True), "name": "emulated",
+                         "dispatch": "on_arrival",  # the proxy routes; the fleet's own front end is not used
                          "bench": OmegaConf.to_container(cfg.backend.bench, resolve=True)}
     return fleet

@@ -42,5 +42,6 @@ class SimBackend:
 
     def run(self, spec: RunSpec) -> RunOutput:
         result = simulate(spec.workload, spec.policy, self.config, progress=spec.progress)
-        return RunOutput(summary=result.summary, requests=result.requests, timeline=result.timeline)
+        return RunOutput(summary=result.summary, requests=result.requests, timeline=result.timeline,
+                         steps=result.steps)
 

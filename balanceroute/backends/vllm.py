@@ -33,7 +33,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from balanceroute.backends import ConfigError, RunOutput, RunSpec
-from balanceroute.backends.checks import BENCH_KEYS, check_keys, check_positive, check_started_server
+from balanceroute.backends.checks import BENCH_KEYS, check_dispatch, check_keys, check_positive, check_started_server
 from balanceroute.bench import benchmark, load_tokenizer
 from balanceroute.metrics import BalanceAccumulator
 from balanceroute.serving import ENGINE_COUNTERS, ServerError, VllmServer, engine_counter, free_port, serve_command
@@ -75,6 +75,8 @@ class VllmBackend:
         self.dp, self.tp, self.ep = int(cfg.parallel.dp), int(cfg.parallel.tp), bool(cfg.parallel.ep)
         check_positive("backend.api_server_count", backend["api_server_count"], integer=True, allow_none=True)
         check_started_server(backend, "backend")
+        check_dispatch(backend, "vllm", ("on_arrival",), " (vLLM's DP front end routes each request to an engine "
+                       "when it arrives; for pool dispatch put balanceroute proxy in front of DP ranks)")
         check_keys(backend["bench"], _BENCH_KEYS, "backend.bench")
         if not isinstance(backend["plugin"], bool):
             raise ConfigError(f"backend.plugin: must be true or false, got {backend['plugin']!r}")

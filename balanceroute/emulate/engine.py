@@ -113,6 +113,7 @@ class LiveEngine:
         n_groups = 1 if barrier else g
         self.timeline_rows_per_group = max(1, timeline_max_rows // n_groups)
         self.balance = BalanceAccumulator(g)  # KV balance per barrier step, as the simulator measures it
+        self.steps = None  # no step trace: the run's steady window is taken from the client's records
         if barrier:
             self.groups = [StepGroup(self, 0, g, record_balance=True)]
         else:

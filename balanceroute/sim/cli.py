@@ -22,6 +22,7 @@ from balanceroute.policies import Policy, make_policy
 from balanceroute.results import jsonable, write_run_files
 from balanceroute.sim.presets import PRESETS, get_preset
 from balanceroute.sim.simulator import DISPATCH_MODES, PREFILL_MODES, SimConfig, simulate
+from balanceroute.steady import steady_metrics
 from balanceroute.workload import Workload, load_azure_trace, synthetic
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     result = simulate(workload, policy, config, progress=len(workload) >= PROGRESS_FROM)
     summary = dict(result.summary, workload=workload.name, seed=config.seed, num_requests=len(workload),
                    model_preset=config.model.as_dict(), router_params=_router_params(args.router_param))
+    summary.update(steady_metrics(result.requests, result.steps, num_workers=config.num_workers,
+                                  slots_per_worker=config.model.max_num_seqs))
     if args.output:
         folder = write_run_files(args.output, summary, result.requests, result.timeline)
         log.info("wrote %s", folder)
@@ -149,7 +152,12 @@ _ROWS = (
     ("mean_itl_ms", "Mean ITL (ms)", "{:.2f}"), ("p99_itl_ms", "P99 ITL (ms)", "{:.2f}"),
     ("mean_imbalance", "Mean imbalance G*M - sum L (tokens)", "{:.0f}"),
     ("mean_spread", "Mean max-min spread (tokens)", "{:.0f}"),
-    ("barrier_idle_fraction", "Barrier idle fraction", "{:.4f}"), ("preemptions", "Preemptions", "{}"),
+    ("barrier_idle_fraction", "Barrier idle fraction", "{:.4f}"),
+    ("steady_window", "Steady window (saturated | cut)", "{}"), ("steady_window_s", "Steady window (s)", "{:.2f}"),
+    ("steady_mean_imbalance", "Steady mean imbalance (tokens)", "{:.0f}"),
+    ("steady_output_throughput", "Steady output throughput (tok/s)", "{:.1f}"),
+    ("steady_barrier_idle_fraction", "Steady barrier idle fraction", "{:.4f}"),
+    ("steady_p95_tpot_ms", "Steady P95 TPOT (ms)", "{:.2f}"), ("preemptions", "Preemptions", "{}"),
     ("peak_kv_usage", "Peak KV usage", "{:.3f}"), ("num_steps", "Engine steps", "{}"),
     ("sim_wall_time_s", "Simulation wall time (s)", "{:.2f}"),
 )

@@ -38,6 +38,7 @@ from balanceroute.metrics import BalanceAccumulator
 from balanceroute.sim.presets import ModelPreset
 from balanceroute.sim.state import COMPLETED, FAILED, QUEUED, RUNNING, TIMEOUT, RequestState, WeightedSamples
 from balanceroute.sim.timeline import TimelineBuffer
+from balanceroute.steady import StepTrace
 
 # ufunc reductions without the ndarray-method wrappers (a hot path on arrays of a few workers)
 _max, _sum, _cumsum = np.maximum.reduce, np.add.reduce, np.add.accumulate
@@ -62,6 +63,7 @@ class StepHost(Protocol):
     router: Router               # told of failures (timeouts)
     itl: WeightedSamples         # inter-token gaps
     balance: BalanceAccumulator  # per-step balance (groups built with record_balance only)
+    steps: StepTrace | None      # per-step figures for the steady window (record_balance groups; None: not kept)
     timeout_s: float
     timeline_rows_per_group: int
 
@@ -421,6 +423,7 @@ class StepGroup:
         T, ends = self._T[off:off + k], self._ends[off:off + k]
         start = self.clock
         first_weight = n  # ITL samples: each step's duration, once per row decoding in it (step 0: fewer)
+        tokens0 = n  # tokens sampled in the first of these steps (the others: n each)
         if off or self._new is None:  # decode steps: every row computes one token and samples one, k times
             if self.n_nofirst:
                 fresh = tab[J, :n] == 0
@@ -450,6 +453,7 @@ class StepGroup:
             tab[PF, :n][done_prefill] = 0
             tab[J, :n] += sampled
             tab[NREM, :n] += sampled
+            tokens0 = int(_sum(sampled))
             if k > 1:  # the tail: all rows decode (a plan only has one when step 0 leaves no prefill behind)
                 tab[J:NREM + 1, :n] += k - 1
                 self.sim.tracker.tokens_bulk(tab[SLOT, :n], k)
@@ -461,13 +465,14 @@ class StepGroup:
         else:
             itl.add(T[:1], first_weight)
             itl.add(T[1:], n)
-        self._record(off, k, start, T)
+        self._record(off, k, start, T, tokens0)
         self._off = off + k
         self.clock = float(ends[-1])
         self.step += k
 
-    def _record(self, off: int, k: int, start: float, T: np.ndarray) -> None:
-        """Balance metrics, peak load and timeline of planned steps off .. off + k - 1, just applied.
+    def _record(self, off: int, k: int, start: float, T: np.ndarray, tokens0: int) -> None:
+        """Balance metrics, step trace, peak load and timeline of planned steps off .. off + k - 1, just applied
+        (``tokens0``: output tokens sampled in the first of them; every later one samples one per row).
 
         A worker's busy time in a step is its local time t_g plus the shared phase (b * mean L + c_0, which every
         worker spends in the all-to-all and expert work), so T - busy_g = max_g t_g - t_g is exactly its wait at
@@ -482,14 +487,20 @@ class StepGroup:
         self.timeline.add(self.step, start, self._ends[off:last + 1], kv0, slope, self.n_run, self.waiting)
         if not self.record_balance:
             return
-        acc = self.sim.balance
+        acc, trace, n = self.sim.balance, self.sim.steps, self.n
         if off == 0:
             local = self._local0
-            acc.add_step(self._L0, (local - _max(local)) + T[0], float(T[0]))  # exact at the max
+            busy = (local - _max(local)) + T[0]  # exact at the max
+            acc.add_step(self._L0, busy, float(T[0]))
+            if trace is not None:
+                trace.add(np.array([start]), T[:1], self._L0[None, :], busy[None, :], n, tokens0)
+            tokens0 = n
             off, T = 1, T[1:]
         if off <= last:
             stop = last + 1
             acc.add_steps(self._loads[off:stop], self._busy[off:stop], T)
+            if trace is not None:
+                trace.add(self._ends[off - 1:last], T, self._loads[off:stop], self._busy[off:stop], n, tokens0)
 
     # ---- events at a step boundary --------------------------------------------------------------------------------
     def _boundary(self) -> None:

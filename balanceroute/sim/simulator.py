@@ -11,12 +11,16 @@ A routing decision sees each worker as of its last completed step; the request j
 admitted at the worker's next step. Deployment shapes (ALGORITHMS.md section 3):
 
 - ``colocated``: the prompt is prefilled on the DP worker, inside the barrier-synchronised steps.
-- ``disaggregated``: prompts are prefilled on separate prefill instances, modelled as uncongested: request i's
-  prefill takes ``prompt_i / external_prefill_tokens_per_s`` seconds, after which it reaches the DP router with its
-  prompt KV computed except the last token; the decode worker computes that token in its first step and samples
-  the first output token (vLLM recomputes the last token of a fully cached prefix to obtain logits). TTFT is thus
-  external prefill time + decode-side queueing + one decode step. The only prefill a decode worker does is
-  recompute after preemption.
+- ``disaggregated``: prompts are prefilled on separate prefill instances, modelled as one first-come-first-served
+  pool (:mod:`balanceroute.sim.prefill`): in client order, request i's prefill ends at
+  ``done_i = max(client_i + prompt_i / min(r, R), done_{i-1} + prompt_i / R)`` with r =
+  ``external_prefill_tokens_per_s`` (one request's prefill speed) and R = ``prefill_pool_tokens_per_s`` (the
+  pool's throughput; None = ample: ``done_i = max(client_i + prompt_i / r, done_{i-1})``). Requests thus reach
+  the DP router in client order, never reordered by prompt length. Each arrives with its prompt KV computed except
+  the last token; the decode worker computes that token in its first step and samples the first output token (vLLM
+  recomputes the last token of a fully cached prefix to obtain logits). TTFT is thus external prefill time
+  (including waiting in the prefill pool) + decode-side queueing + one decode step. The only prefill a decode
+  worker does is recompute after preemption.
 
 Failures: a request whose KV can never fit a worker (prompt + output - 1 tokens > capacity, in whole blocks) fails
 with error ``kv_capacity`` when it arrives, without being routed; a request not finished ``timeout_s`` after its
@@ -42,6 +46,7 @@ from balanceroute.metrics import BalanceAccumulator, records_frame, summarize
 from balanceroute.policies import PendingRequests, Policy
 from balanceroute.sim.group import RID, C, J, StepGroup, W
 from balanceroute.sim.pool import CentralPool
+from balanceroute.sim.prefill import prefill_completion
 from balanceroute.sim.presets import ModelPreset, get_preset
 from balanceroute.sim.state import (
     ERROR_NAMES,
@@ -54,6 +59,7 @@ from balanceroute.sim.state import (
     WeightedSamples,
 )
 from balanceroute.sim.timeline import timeline_frame
+from balanceroute.steady import StepTrace
 from balanceroute.workload import Workload
 
 log = logging.getLogger(__name__)
@@ -129,11 +135,13 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 class SimResult:
     """``summary``: :func:`balanceroute.metrics.summarize` output plus balance metrics and the run's settings;
     ``requests``: per-request records (:data:`balanceroute.metrics.REQUEST_COLUMNS`), in workload order;
-    ``timeline``: sampled steps (time_s, step, worker, kv_load, running, waiting)."""
+    ``timeline``: sampled steps (time_s, step, worker, kv_load, running, waiting); ``steps``: every barrier step
+    (:data:`balanceroute.steady.STEP_COLUMNS`; None without the barrier), for the steady window."""
 
     summary: dict[str, Any]
     requests: pd.DataFrame
     timeline: pd.DataFrame = field(repr=False)
+    steps: pd.DataFrame | None = field(default=None, repr=False)
 
 
 def simulate(workload: Workload, policy: Policy, config: SimConfig, *, progress: bool = False) -> SimResult:
@@ -168,12 +176,10 @@ class Simulation:
         disagg = config.prefill == "disaggregated"
         client = np.asarray(workload.arrival_s, dtype=np.float64)
         prompt = np.asarray(workload.prompt_len, dtype=np.int64)
-        if disagg:
-            arrival = client + prompt / m.external_prefill_tokens_per_s
-            order = np.argsort(arrival, kind="stable")
-        else:
-            arrival = client
-            order = np.arange(len(workload))
+        # Workloads are in client order and prefill keeps it (FIFO pool), so requests reach the router in that order.
+        arrival = prefill_completion(client, prompt, m.external_prefill_tokens_per_s,
+                                     m.prefill_pool_tokens_per_s) if disagg else client
+        order = np.arange(len(workload))
         self.req = RequestState(order, arrival[order], client[order], prompt[order],
                                 np.asarray(workload.output_len, dtype=np.int64)[order],
                                 np.asarray(workload.prompt_hash, dtype=np.int64)[order], disaggregated=disagg)
@@ -184,6 +190,7 @@ class Simulation:
         self.pool = CentralPool(self.req, self.timeout_s, config.pool_window)
         self.itl = WeightedSamples()
         self.balance = BalanceAccumulator(g)
+        self.steps = StepTrace() if config.barrier else None
         n_groups = 1 if config.barrier else g
         self.timeline_rows_per_group = max(1, config.timeline_max_rows // n_groups)
         if config.barrier:
@@ -355,9 +362,12 @@ class Simulation:
             "barrier": cfg.barrier,
             "prefill": cfg.prefill,
             "seed": cfg.seed,
+            "max_num_seqs": self.model.max_num_seqs,
+            "kv_capacity_tokens": self.model.kv_capacity_tokens,
             "peak_kv_usage": max(grp.peak_load for grp in self.groups) / self.model.kv_capacity_tokens,
             "sim_wall_time_s": wall_s,
         })
         log.debug("simulated %d requests in %.2f s", req.n, wall_s)
         return SimResult(summary=summary, requests=requests,
-                         timeline=timeline_frame([grp.timeline for grp in self.groups]))
+                         timeline=timeline_frame([grp.timeline for grp in self.groups]),
+                         steps=None if self.steps is None else self.steps.frame())

@@ -1,9 +1,9 @@
 """Per-request state of a simulation, columnar, and the small growable buffers the engine records into.
 
-Requests are numbered internally in the order they reach the DP router (arrival order; in a disaggregated
-deployment, the order their prefill finishes). A request that is running lives in its step group's running table
-(:mod:`balanceroute.sim.group`), which holds the hot counters; they are written back here when it leaves the
-table (finished, preempted, failed).
+Requests are numbered internally in the order they reach the DP router: client arrival order (in a disaggregated
+deployment too, as the prefill pool is FIFO: :mod:`balanceroute.sim.prefill`). A request that is running lives in
+its step group's running table (:mod:`balanceroute.sim.group`), which holds the hot counters; they are written back
+here when it leaves the table (finished, preempted, failed).
 """
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ _GIVEN_COLUMNS = ("request_id", "arrival", "client_arrival", "prompt", "output",
 class RequestState:
     """Columnar state of every request (index = internal request number).
 
-    - ``arrival``: when the request reaches the DP router (client arrival plus external prefill time when
-      disaggregated); ``client_arrival``: when the client sent it (latencies are measured from it).
+    - ``arrival``: when the request reaches the DP router (when disaggregated: when its prefill ends,
+      :func:`balanceroute.sim.prefill.prefill_completion`); ``client_arrival``: when the client sent it
+      (latencies are measured from it).
     - ``generated`` j and ``computed`` c: output tokens so far and tokens whose KV is computed; a request's
       tokens are its prompt plus its generated tokens, and a step that computes its last uncomputed token samples
       the next one (vLLM V1's unified prefill/decode view).

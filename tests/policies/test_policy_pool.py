@@ -105,11 +105,32 @@ def test_bf_io_pool_round_by_hand():
     # H = 0: ΔJ(j, g) = G*(L_g + s_j - M)_+ - s_j. Loads [100, 40], free [1, 2].
     snap = table_snapshot([0, 1], [100, 40], num_workers=2, free_slots=[1, 2])
     out = make_policy("bf_io", H=0).assign(snap, pool(30, 70, 50, 10))
-    # 1) the head (30) first: ΔJ = 60 - 30 on worker 0, 0 - 30 on worker 1 -> worker 1; loads [100, 70].
-    # 2) window {70, 50, 10}: on worker 1, ΔJ(70) = 2*40 - 70 = 10, ΔJ(50) = 2*20 - 50 = -10, ΔJ(10) = -10;
-    #    on worker 0 every ΔJ = +s. Best -10 on worker 1, the older request (50); loads [100, 120].
-    # 3) only worker 0 has a slot: ΔJ(70) = 2*50 - 70 = 30, ΔJ(10) = -10 -> 10.
-    assert placements(out) == [(0, 1), (2, 1), (3, 0)]
+    # 1) window {30, 70, 50, 10}: on worker 1 ΔJ = 2*(40 + s - 100)_+ - s = -30, -50, -50, -10; on worker 0
+    #    every ΔJ = +s. Best -50 on worker 1, the older of 70 and 50; loads [100, 110].
+    # 2) window {30, 50, 10}: on worker 0 ΔJ = 2*(100 + s - 110)_+ - s = 10, 30, -10; on worker 1 +s. -> 10 on 0.
+    # 3) only worker 1 has a slot: ΔJ = +s, smallest for 30.
+    assert placements(out) == [(1, 1), (3, 0), (0, 1)]
+
+
+def test_bf_io_chooses_which_request_fills_a_single_free_slot():
+    """Saturation: one slot frees, on the worker that sets the envelope, so whatever takes it raises the envelope
+    by its prompt: the oldest request by 900 tokens, the youngest by 50. FCFS takes the oldest; BF-IO the youngest."""
+    snap = table_snapshot([0, 1, 2, 3], [1000, 1300, 1350, 1400], num_workers=4, free_slots=[0, 0, 0, 1])
+    waiting = pool(900, 400, 50)
+    assert placements(make_policy("jsq_load").assign(snap, waiting)) == [(0, 3)]  # FCFS order
+    bf_io = make_policy("bf_io", H=0)
+    assert placements(bf_io.assign(snap, waiting)) == [(2, 3)]
+    assert bf_io.bypassed == 1  # the head was passed over once
+
+
+def test_bf_io_places_the_pool_head_after_max_bypass_younger_requests():
+    snap = table_snapshot([0, 1], [1000, 1400], num_workers=2, free_slots=[0, 1])
+    bf_io = make_policy("bf_io", H=0, max_bypass=3)
+    head_first = []
+    for _ in range(5):  # the same pool every round: the head (a long prompt) never fits under the envelope
+        head_first.append(placements(bf_io.assign(snap, pool(900, 10, 20, 30)))[0][0] == 0)
+    assert head_first == [False, False, False, True, False]  # bypassed 3 times, then placed; the count restarts
+    assert placements(make_policy("bf_io", H=0, max_bypass=0).assign(snap, pool(900, 10))) == [(0, 1)]
 
 
 def test_bf_io_on_arrival_minimises_projected_overflow():

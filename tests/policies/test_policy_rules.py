@@ -145,6 +145,7 @@ def test_unknown_policy_names_the_valid_ones():
     ("br0", {"R_max": 11}, r"br0: parameter R_max must be an integer in \[1, 10\]"),
     ("br0", {"S_greedy": -1}, r"br0: parameter S_greedy must be an integer >= 0, got -1"),
     ("bf_io", {"window": 0}, r"bf_io: parameter window must be an integer >= 1, got 0"),
+    ("bf_io", {"max_bypass": -1}, r"bf_io: parameter max_bypass must be an integer >= 0, got -1"),
     ("phi", {"prior_mean": 0.5}, r"phi: parameter prior_mean must be in \[1.0, inf\], got 0.5"),
     ("phi", {"prior_weight": -1.0}, r"phi: parameter prior_weight must be in \[0.0, inf\]"),
     ("fast_phi", {"max_len": 0}, r"fast_phi: parameter max_len must be an integer >= 1, got 0"),

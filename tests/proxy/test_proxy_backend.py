@@ -38,13 +38,13 @@ def test_a_proxy_run_routes_the_workload_over_an_emulated_fleet(compose, tmp_pat
 
 
 def test_a_pool_run_with_br0(compose, tmp_path):
-    result = run(compose, tmp_path, "router=br0", "backend.proxy.dispatch=pool", "backend.proxy.max_num_seqs=4")
+    result = run(compose, tmp_path, "router=br0", "backend.dispatch=pool", "backend.proxy.max_num_seqs=4")
     assert result["completed"] == 60 and result["dispatch"] == "pool"
 
 
 def test_bad_proxy_settings_fail_before_any_work(compose):
-    cfg = compose(["backend=proxy", *RUN, "backend.proxy.dispatch=later"])
-    with pytest.raises(ConfigError, match="backend.proxy.dispatch: 'later' is not a dispatch mode; valid: "
+    cfg = compose(["backend=proxy", *RUN, "backend.dispatch=later"])
+    with pytest.raises(ConfigError, match="backend.dispatch: 'later' is not a dispatch mode; valid: "
                                           "on_arrival, pool"):
         make_backend(cfg)
     cfg = compose(["backend=proxy", *RUN, "backend.targets=[localhost:8000]"])

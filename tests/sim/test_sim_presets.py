@@ -12,9 +12,19 @@ MOE = ("qwen3_30b_a3b", "deepseek_v3", "deepseek_v4_flash")
 
 
 def test_presets_are_the_documented_models():
-    assert set(PRESETS) == {"tiny", "qwen3_0_6b", "qwen3_30b_a3b", "deepseek_v3", "deepseek_v4_flash"}
+    assert set(PRESETS) == {"tiny", "qwen3_0_6b", "qwen3_30b_a3b", "qwen3_30b_a3b_attn", "deepseek_v3",
+                            "deepseek_v4_flash"}
     for name, preset in PRESETS.items():
         assert get_preset(name) is preset and preset.name == name and preset.description
+
+
+def test_the_attention_dominated_preset_is_a_labelled_sensitivity_setting():
+    """It keeps Qwen3-30B-A3B's attention cost and limits and drops the shared and most fixed step costs, so a
+    step is nearly a * max load; its description says it is not a hardware estimate."""
+    attn, base = get_preset("qwen3_30b_a3b_attn"), get_preset("qwen3_30b_a3b")
+    assert "sensitivity" in attn.description
+    assert (attn.a, attn.max_num_seqs, attn.kv_capacity_tokens) == (base.a, base.max_num_seqs, base.kv_capacity_tokens)
+    assert attn.b == 0 and attn.c0 + attn.cw < (base.c0 + base.cw) / 5
 
 
 def test_attention_coefficient_is_kv_bytes_over_hbm_bandwidth():
