@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -168,9 +169,11 @@ def sweep_command(sweep_dir: Path) -> str | None:
 
 def build_report(sweep_dir: str | Path, *, out: str | Path | None = None, baseline: str | None = None,
                  include: Sequence[str] = (), focus: Mapping[str, str] | None = None,
-                 metrics: Sequence[str] = TABLE_METRICS, title: str | None = None) -> Path:
+                 metrics: Sequence[str] = TABLE_METRICS, title: str | None = None,
+                 published: Sequence[str] = ()) -> Path:
     """Write the report of the runs under ``sweep_dir`` into ``out`` (default ``sweep_dir/report``); returns the
-    path of report.md. Raises ValueError for a folder without runs, an unknown baseline, metric, include or
+    path of report.md. ``published``: the figures a study reproduces, as sentences with their source, listed
+    beside the table. Raises ValueError for a folder without runs, an unknown baseline, metric, include or
     focus key (naming the valid ones)."""
     # matplotlib only when drawing: Hydra imports this module for the callback before a sweep starts
     from analysis import plots
@@ -230,10 +233,12 @@ def build_report(sweep_dir: str | Path, *, out: str | Path | None = None, baseli
     report = out / "report.md"
     options = [f"--baseline {baseline}"] + [f"--include {k}" for k in include] \
         + [f"--focus {k}={v}" for k, v in (focus or {}).items()] \
-        + ([f"--metrics {' '.join(metrics)}"] if tuple(metrics) != TABLE_METRICS else [])
+        + ([f"--metrics {' '.join(metrics)}"] if tuple(metrics) != TABLE_METRICS else []) \
+        + ([f"--published {' '.join(shlex.quote(p) for p in published)}"] if published else [])
     commands = [c for c in (sweep_command(sweep_dir), " ".join(["python -m analysis.report", str(sweep_dir), *options]))
                 if c]
-    report.write_text(_markdown(title or sweep_dir.name, runs, table, metrics, baseline, figures, commands, out))
+    report.write_text(_markdown(title or sweep_dir.name, runs, table, metrics, baseline, figures, commands, out,
+                                published))
     return report
 
 
@@ -242,15 +247,17 @@ def _describe(setup: Mapping[str, str]) -> str:
 
 
 def _markdown(title: str, runs: pd.DataFrame, table: pd.DataFrame, metrics: Sequence[str], baseline: str,
-              figures: list[tuple[Path, str]], commands: list[str], out: Path) -> str:
+              figures: list[tuple[Path, str]], commands: list[str], out: Path, published: Sequence[str]) -> str:
     routers = sorted(runs["router"].unique(), key=natural_key)
     lines = [f"# {title}", "", f"{len(runs)} runs of {len(routers)} routers ({', '.join(routers)}).",
              f"Setup: {_setup_text(runs)}.", *filter(None, [regime_text(runs)]), ""]
     lines += ["Reproduce (the sweep, whose end writes this report; then the report alone):", "", "```bash",
               *commands, "```", ""]
     lines += ["## Results", "", render(table, "md", metrics, baseline, mark_best=True).rstrip(), "",
-              "The same table: [table.csv](table.csv) (numbers, with `_best` flags), [table.tex](table.tex).", "",
-              "## Figures", ""]
+              "The same table: [table.csv](table.csv) (numbers, with `_best` flags), [table.tex](table.tex).", ""]
+    if published:
+        lines += ["## Published figures, to compare with the table", "", *(f"- {p}" for p in published), ""]
+    lines += ["## Figures", ""]
     for i, (path, caption) in enumerate(figures, 1):
         lines += [f"![figure {i}]({path.relative_to(out).as_posix()})", "", f"*Figure {i}: {caption}.*", ""]
     return "\n".join(lines)
@@ -261,8 +268,10 @@ class ReportCallback(Callback):
     ``hydra.callbacks.report``). A failure is logged with the command to redo it; the runs are already saved."""
 
     def __init__(self, baseline: str | None = None, include: Sequence[str] = (), focus: Sequence[str] = (),
-                 metrics: Sequence[str] = TABLE_METRICS, title: str | None = None) -> None:
+                 metrics: Sequence[str] = TABLE_METRICS, title: str | None = None,
+                 published: Sequence[str] = ()) -> None:
         self.baseline = baseline
+        self.published = tuple(published)
         self.include = tuple(include)
         self.focus = tuple(focus)
         self.metrics = tuple(metrics)
@@ -272,7 +281,7 @@ class ReportCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             report = build_report(sweep_dir, baseline=self.baseline, include=self.include,
-                                  focus=parse_focus(self.focus), metrics=self.metrics,
+                                  focus=parse_focus(self.focus), metrics=self.metrics, published=self.published,
                                   title=self.title or str(OmegaConf.select(config, "name", default=sweep_dir.name)))
             log.info("report: %s", report.resolve())
         except Exception as exc:  # noqa: BLE001 -- the sweep's results are safe; say how to retry
@@ -290,11 +299,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="KEY=VALUE: the setup of the per-run figures (default: the heaviest)")
     parser.add_argument("--metrics", nargs="+", default=list(TABLE_METRICS), help="table columns")
     parser.add_argument("--title", help="report title (default: the folder's name)")
+    parser.add_argument("--published", nargs="*", default=[],
+                        help="published figures the study reproduces, one sentence each, listed beside the table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report = build_report(args.sweep_dir, out=args.out, baseline=args.baseline, include=args.include,
-                              focus=parse_focus(args.focus), metrics=args.metrics, title=args.title)
+                              focus=parse_focus(args.focus), metrics=args.metrics, title=args.title,
+                              published=args.published)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

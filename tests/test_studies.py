@@ -43,3 +43,4 @@ def test_a_paper_study_runs_to_its_report_in_the_saturated_window(study, arms, e
         assert result["steady_saturated_fraction"] > 0.5, label
     report = (sweep / "report" / "report.md").read_text()
     assert "steady_mean_imbalance" in report and "Regime: steady window: all slots busy in" in report
+    assert "## Published figures, to compare with the table" in report and "et al. 2026" in report
