@@ -16,10 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from balanceroute.backends import ConfigError
-from balanceroute.experiment import run_experiment
-
-#: Exit status for a configuration error (as argparse uses for bad arguments).
-CONFIG_ERROR_EXIT = 2
+from balanceroute.experiment import CONFIG_ERROR_EXIT, discard_unused_run_dir, run_experiment
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -29,6 +26,7 @@ def main(cfg: DictConfig) -> dict:
     except ConfigError as exc:
         # One line, no traceback. SystemExit also ends a sweep: fix the value and rerun; resume skips finished runs.
         print(f"error: {exc}", file=sys.stderr)
+        discard_unused_run_dir(cfg)
         sys.exit(CONFIG_ERROR_EXIT)
 
 

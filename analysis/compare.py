@@ -19,11 +19,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.collect import CONFIG_PREFIX, collect_runs
+from analysis.collect import CONFIG_PREFIX, collect_runs, missing_runs
 from analysis.tables import CI_LEVEL, FORMATS, render
 
-__all__ = ["compare", "comparison_axes", "is_router_axis", "main", "natural_key", "render", "with_labels"]
+__all__ = ["choose_baseline", "compare", "comparison_axes", "is_router_axis", "main", "natural_key", "render",
+           "with_labels"]
 
+#: Baselines tried in order when none is configured or the configured one has no runs: vLLM's router, then the
+#: classic count-based one; failing both, the first router by name.
+PREFERRED_BASELINES = ("vllm_default", "jsq")
 #: Metrics shown by default: throughput, tail latencies and the balance the routers are after.
 DEFAULT_METRICS = ("output_throughput", "p95_ttft_ms", "p95_tpot_ms", "mean_imbalance")
 #: Keys every row is identified by; further varying config keys are appended by :func:`comparison_axes`.
@@ -93,6 +97,19 @@ def _sort_keys(values: pd.Series, name: str) -> pd.DataFrame:
                          f"{name}#text": values.map(str)})
 
 
+def choose_baseline(routers: Sequence[str], configured: str | None = None) -> tuple[str, str]:
+    """The baseline of a table and the heading that says which it is and why: ``configured`` if it has runs,
+    else vllm_default, else jsq, else the first router by name. One rule for compare, report and the sweep."""
+    present = sorted({str(r) for r in routers}, key=natural_key)
+    if not present:
+        raise ValueError("no routers to choose a baseline from")
+    candidates = list(dict.fromkeys([*([configured] if configured else []), *PREFERRED_BASELINES]))
+    choice = next((b for b in candidates if b in present), present[0])
+    skipped = candidates[:candidates.index(choice)] if choice in candidates else candidates
+    note = f" ({', '.join(skipped)} not in this sweep)" if skipped else ""
+    return choice, f"baseline: {choice}{note}"
+
+
 def compare(runs: pd.DataFrame, *, baseline: str = "vllm_default",
             metrics: Sequence[str] = DEFAULT_METRICS, include: Sequence[str] = ()) -> pd.DataFrame:
     """The comparison table: axis columns, ``n`` (runs per row), and per metric ``<m>``, ``<m>_ci95``
@@ -150,7 +167,9 @@ def compare(runs: pd.DataFrame, *, baseline: str = "vllm_default",
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.compare", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", help="a sweep (or run) folder written by run.py; searched recursively")
-    parser.add_argument("--baseline", default="vllm_default", help="router to compute Δ%% against")
+    parser.add_argument("--baseline", default=None,
+                        help="router (label) to compute Δ%% against; default, and when it has no runs: "
+                             "vllm_default, else jsq, else the first router (the table's heading says which)")
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS),
                         help="result.json keys to show (default: %(default)s)")
     parser.add_argument("--format", choices=FORMATS, default="md")
@@ -159,11 +178,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     metrics = [m for arg in args.metrics for m in arg.split(",") if m]
     try:
-        table = compare(collect_runs(args.sweep_dir), baseline=args.baseline, metrics=metrics)
+        runs = with_labels(collect_runs(args.sweep_dir))
+        baseline, heading = choose_baseline(runs["router"].astype(str), args.baseline)
+        table = compare(runs, baseline=baseline, metrics=metrics)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(render(table, args.format, metrics, args.baseline, mark_best=args.mark_best))
+    missing = [f"missing: {overrides} — {why}" for overrides, why in missing_runs(args.sweep_dir)]
+    body = render(table, args.format, metrics, baseline, mark_best=args.mark_best)
+    if args.format == "md":
+        sys.stdout.write("\n".join([heading, "", body.rstrip("\n"), *([""] + missing if missing else [])]) + "\n")
+    elif args.format == "latex":
+        sys.stdout.write("\n".join([f"% {heading}", *(f"% {m}" for m in missing), body.rstrip("\n")]) + "\n")
+    else:  # CSV stays machine-readable: the heading and the missing runs go to stderr
+        print("\n".join([heading, *missing]), file=sys.stderr)
+        sys.stdout.write(body)
     return 0
 
 

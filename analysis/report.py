@@ -25,8 +25,9 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from analysis.collect import CONFIG_PREFIX, collect_runs
+from analysis.collect import CONFIG_PREFIX, collect_runs, missing_runs
 from analysis.compare import (
+    choose_baseline,
     compare,
     comparison_axes,
     is_router_axis,
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 #: Columns of the report's table; the first PLOTTED of the table's columns are plotted against the setup axis.
 TABLE_METRICS = ("output_throughput", "p95_ttft_ms", "p95_tpot_ms", "mean_imbalance", "barrier_idle_fraction")
 PLOTTED = 4
-#: Baselines tried in order when none is given: vLLM's router, then the classic count-based one.
-PREFERRED_BASELINES = ("vllm_default", "jsq")
 #: Constant config keys the report's setup paragraph names, when present.
 SETUP_KEYS = ("model.name", "parallel.dp", "rate", "workload.name", "workload.num_requests", "backend.name",
               "backend.dispatch", "backend.prefill", "model.b")
@@ -57,10 +56,6 @@ def _norm(value: Any) -> str:
     except (TypeError, ValueError):
         return str(value)
     return f"{number:g}" if math.isfinite(number) or str(value) in ("inf", "-inf") else str(value)
-
-
-def choose_baseline(labels: Sequence[str]) -> str:
-    return next((b for b in PREFERRED_BASELINES if b in labels), min(labels))
 
 
 def plot_axis(runs: pd.DataFrame, setup_axes: Sequence[str], include: Sequence[str]) -> str | None:
@@ -182,7 +177,7 @@ def build_report(sweep_dir: str | Path, *, out: str | Path | None = None, baseli
     out = Path(out) if out is not None else sweep_dir / "report"
     runs = with_labels(collect_runs(sweep_dir))
     labels = sorted(runs["router"].astype(str).unique(), key=natural_key)
-    baseline = baseline or choose_baseline(labels)
+    baseline, heading = choose_baseline(labels, baseline)
     table = compare(runs, baseline=baseline, metrics=metrics, include=include)
     labels = [baseline] + [label for label in labels if label != baseline] if baseline in labels else labels
     palette = plots.colors(labels)
@@ -237,8 +232,9 @@ def build_report(sweep_dir: str | Path, *, out: str | Path | None = None, baseli
         + ([f"--published {' '.join(shlex.quote(p) for p in published)}"] if published else [])
     commands = [c for c in (sweep_command(sweep_dir), " ".join(["python -m analysis.report", str(sweep_dir), *options]))
                 if c]
-    report.write_text(_markdown(title or sweep_dir.name, runs, table, metrics, baseline, figures, commands, out,
-                                published))
+    missing = [f"missing: {overrides} — {why}" for overrides, why in missing_runs(sweep_dir)]
+    report.write_text(_markdown(title or sweep_dir.name, runs, table, metrics, heading, baseline, figures, commands,
+                                out, published, missing))
     return report
 
 
@@ -246,14 +242,16 @@ def _describe(setup: Mapping[str, str]) -> str:
     return ", ".join(f"{a.removeprefix(CONFIG_PREFIX)}={v}" for a, v in setup.items())
 
 
-def _markdown(title: str, runs: pd.DataFrame, table: pd.DataFrame, metrics: Sequence[str], baseline: str,
-              figures: list[tuple[Path, str]], commands: list[str], out: Path, published: Sequence[str]) -> str:
+def _markdown(title: str, runs: pd.DataFrame, table: pd.DataFrame, metrics: Sequence[str], heading: str,
+              baseline: str, figures: list[tuple[Path, str]], commands: list[str], out: Path,
+              published: Sequence[str], missing: Sequence[str]) -> str:
     routers = sorted(runs["router"].unique(), key=natural_key)
     lines = [f"# {title}", "", f"{len(runs)} runs of {len(routers)} routers ({', '.join(routers)}).",
              f"Setup: {_setup_text(runs)}.", *filter(None, [regime_text(runs)]), ""]
     lines += ["Reproduce (the sweep, whose end writes this report; then the report alone):", "", "```bash",
               *commands, "```", ""]
-    lines += ["## Results", "", render(table, "md", metrics, baseline, mark_best=True).rstrip(), "",
+    lines += ["## Results", "", heading, "", render(table, "md", metrics, baseline, mark_best=True).rstrip(), "",
+              *([*missing, ""] if missing else []),
               "The same table: [table.csv](table.csv) (numbers, with `_best` flags), [table.tex](table.tex).", ""]
     if published:
         lines += ["## Published figures, to compare with the table", "", *(f"- {p}" for p in published), ""]
@@ -293,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", help="a sweep folder written by run.py -m (searched recursively)")
     parser.add_argument("--out", help="output folder (default: SWEEP_DIR/report)")
-    parser.add_argument("--baseline", help="router (label) for Δ%%; default: vllm_default, else jsq")
+    parser.add_argument("--baseline", help="router (label) for Δ%%; default, and when it has no runs: "
+                                           "vllm_default, else jsq, else the first router")
     parser.add_argument("--include", nargs="*", default=[], help="config keys always shown as table axes")
     parser.add_argument("--focus", nargs="*", default=[],
                         help="KEY=VALUE: the setup of the per-run figures (default: the heaviest)")

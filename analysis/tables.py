@@ -76,10 +76,12 @@ def _display_rows(table: pd.DataFrame, metrics: Sequence[str], baseline: str, bo
     axes = value_columns(table, metrics)
     best = best_flags(table, metrics) if bold else None
     header = axes + ["n"] + list(metrics)
+    full = int(table["n"].max()) if len(table) else 0
     rows = []
     for i, r in table.iterrows():
         is_base = str(r["router"]) == baseline
-        cells = [_axis_text(r[a]) for a in axes] + [str(int(r["n"]))]
+        n = int(r["n"])
+        cells = [_axis_text(r[a]) for a in axes] + [f"{n} (of {full})" if n < full else str(n)]
         for m in metrics:
             text = _cell(r[m], r[f"{m}_ci95"], r[f"{m}_delta_pct"], is_baseline=is_base)
             cells.append(bold.format(text) if best is not None and best.at[i, f"{m}_best"] else text)
@@ -88,8 +90,8 @@ def _display_rows(table: pd.DataFrame, metrics: Sequence[str], baseline: str, bo
 
 
 def caption(baseline: str, *, mark_best: bool = False) -> str:
-    text = (f"mean ± {CI_LEVEL:.0%} CI over the n runs (seeds) of a row; (Δ%) against {baseline} "
-            "at the same rate and setup")
+    text = (f"mean ± {CI_LEVEL:.0%} CI over the n runs (seeds) of a row (\"2 (of 3)\": a row with fewer runs than "
+            f"the others); (Δ%) against {baseline} at the same rate and setup")
     return text + ("; best of each setup in bold" if mark_best else "")
 
 

@@ -5,7 +5,8 @@ run.py calls :func:`run_experiment` once per Hydra job. The order matters to use
 1. :func:`check_config` and the construction of the policy and the backend validate everything a user can get
    wrong, so a bad value ends with one :class:`ConfigError` line before any work;
 2. with ``resume`` on, a folder that already holds a result for the same :func:`config_hash` is skipped, which
-   is how an interrupted sweep finishes without redoing work;
+   is how an interrupted sweep finishes without redoing work; a result.json that cannot be read is set aside
+   (``result.json.corrupt``) with one warning and the job is redone;
 3. the backend runs, and ``result.json`` (metrics plus the run's identity), ``requests.parquet`` and
    ``timeline.parquet`` are written atomically, result.json last, so its presence means the run is complete;
 4. the ``logger`` (W&B, or none) is opened before the backend runs and gets a copy of the files after they are
@@ -18,10 +19,14 @@ import datetime as dt
 import logging
 import math
 import numbers
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -29,14 +34,17 @@ from omegaconf import DictConfig, OmegaConf
 from balanceroute import __version__
 from balanceroute.backends import ConfigError, RunSpec, config_key, make_backend
 from balanceroute.config_hash import NOT_RUN_DEFINING, config_hash, run_defining
-from balanceroute.policies import Policy
-from balanceroute.results import read_result
+from balanceroute.policies import Policy, available_policies
+from balanceroute.results import RESULT_FILE, read_result, set_aside
 from balanceroute.serving import slurm_job_id
 from balanceroute.steady import SteadyWindow, steady_metrics
 from balanceroute.tracking import finishing, make_tracker, record_run
 from balanceroute.workload import Workload
 
 log = logging.getLogger(__name__)
+
+#: Exit status for a configuration error (as argparse uses for bad arguments).
+CONFIG_ERROR_EXIT = 2
 
 #: Summary keys echoed in the log line that ends a run (those the backend reports).
 HEADLINE = (("output_throughput", "output tok/s", "{:.0f}"), ("p95_ttft_ms", "TTFT p95 ms", "{:.0f}"),
@@ -82,6 +90,10 @@ def check_config(cfg: DictConfig) -> None:
     Group-local parameters (a policy's, a model coefficient, a simulator setting) are checked by the objects
     they build, in :func:`run_experiment`.
     """
+    if "_target_" not in cfg.router or "name" not in cfg.router:
+        raise ConfigError(f"router: the chosen router config defines no router (no _target_ or name); configs "
+                          f"starting with _ in conf/router/ are shared bases, not routers. Valid routers: "
+                          f"{', '.join(available_policies())}")
     missing = _missing_keys(cfg)
     if missing:
         raise ConfigError(f"{missing[0]}: no value given (??? in the config); set it on the command line or "
@@ -220,7 +232,12 @@ def run_experiment(cfg: DictConfig, *, progress: bool = False) -> dict[str, Any]
     check_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
     digest = config_hash(cfg)
-    previous = read_result(run_dir)
+    try:
+        previous = read_result(run_dir)
+    except ValueError as exc:  # truncated or corrupt (a job killed mid-write by hand, a full disk): redo the job
+        moved = set_aside(run_dir / RESULT_FILE)
+        log.warning("%s; moved it to %s and running the job again", exc, moved.name)
+        previous = None
     if previous is not None and cfg.resume:
         if previous.get("config_hash") == digest:
             log.info("skipped: %s already holds the result of this configuration (config_hash %s; resume=false "
@@ -262,6 +279,18 @@ def run_experiment(cfg: DictConfig, *, progress: bool = False) -> dict[str, Any]
     return read_result(run_dir) or result
 
 
+#: What Hydra puts into a job's folder before the job's own code runs.
+HYDRA_JOB_FILES = frozenset({".hydra", "run.log"})
+
+
+def discard_unused_run_dir(cfg: DictConfig) -> None:
+    """Remove the run folder of a run refused before any work, if it holds only what Hydra put there (a folder
+    with anything else, such as an earlier result, is left alone), so a rejected run leaves nothing behind."""
+    run_dir = Path(cfg.paths.output_dir)
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_JOB_FILES:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 class SweepSummary(Callback):
     """Hydra callback (conf/hydra/default.yaml): at the end of a multirun, say where its runs are and how to
     tabulate them."""
@@ -269,3 +298,41 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         log.info("sweep folder: %s (table: python -m analysis.compare %s)", sweep_dir, sweep_dir)
+
+
+class SweepCheck(Callback):
+    """Hydra callback (conf/hydra/default.yaml): before the first job of a multirun, build every value of every
+    swept key (each in a job with the first value of the other keys) the way a job would, so that a bad value
+    anywhere in the sweep (``rate=1,-1``) stops it with one line before any job runs, instead of after the good
+    jobs. Values that are only wrong in combination are still caught by their own job."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        for job in _value_probes(config):
+            cfg = compose(config_name="config", overrides=job)
+            try:
+                check_config(cfg)
+                build_steady_window(cfg)
+                build_policy(cfg)
+                make_backend(cfg)
+            except ConfigError as exc:
+                print(f"error: {exc} (in the sweep's job {' '.join(job)}; no job was run)", file=sys.stderr)
+                sys.exit(CONFIG_ERROR_EXIT)
+
+
+def _value_probes(config: DictConfig) -> list[list[str]]:
+    """Override lists that together take every value of every swept key once (BasicSweeper's parsing: the
+    study's ``hydra.sweeper.params`` first, the command line after them)."""
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    choices: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+    first = {key: values[0] for key, values in choices.items()}
+    probes = [list(first.values())]
+    for key, values in choices.items():
+        probes += [list({**first, key: value}.values()) for value in values[1:]]
+    return probes

@@ -83,6 +83,18 @@ def _serialisable(value: Any) -> bool:
     return True
 
 
+def set_aside(path: Path) -> Path:
+    """Rename a damaged result file out of the way (``result.json.corrupt``, then ``.corrupt.1``, ...) so that the
+    run is redone and the damaged file kept for inspection; returns its new path."""
+    target = path.with_name(f"{path.name}.corrupt")
+    n = 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt.{n}")
+    path.rename(target)
+    return target
+
+
 def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The summary in ``run_dir/result.json``, or None when the run has not completed (no result file).
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from analysis.collect import collect_runs
-from analysis.compare import compare, comparison_axes, main, render
+from analysis.compare import choose_baseline, compare, comparison_axes, main, render
 
 
 def write_run(root: Path, *, router: str, rate, seed: int = 0, dp: int = 8, K: int | None = None,
@@ -139,7 +139,6 @@ def test_cli_prints_table(sweep, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--baseline", "br0", "--metrics", "output_throughput"], "baseline router 'br0' has no runs here; routers present: jsq_load, vllm_default"),
     (["--metrics", "p95_nope_ms"],
      "unknown metric(s) p95_nope_ms; valid metrics: output_throughput, p95_tpot_ms\n"),
 ])
@@ -154,3 +153,47 @@ def test_cli_error_for_a_folder_without_results(tmp_path, capsys):
     assert "no result.json under" in capsys.readouterr().err
     assert main([str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+# ---- one baseline rule, said in the heading -----------------------------------------------------------------------
+@pytest.mark.parametrize("routers, configured, heading", [
+    (["jsq_load", "vllm_default"], None, "baseline: vllm_default"),
+    (["br0", "fast_phi", "jsq_load"], None, "baseline: br0 (vllm_default, jsq not in this sweep)"),
+    (["jsq", "jsq_load"], None, "baseline: jsq (vllm_default not in this sweep)"),
+    (["jsq", "jsq_load", "vllm_default"], "jsq_load", "baseline: jsq_load"),
+    (["jsq_load", "vllm_default"], "br0", "baseline: vllm_default (br0 not in this sweep)"),
+])
+def test_the_baseline_rule(routers, configured, heading):
+    assert choose_baseline(routers, configured) == (heading.split()[1], heading)
+
+
+def test_the_readme_sweep_tabulates_with_no_flags(tmp_path, capsys):
+    """The README's headline sweep has neither vllm_default nor jsq: the table takes the first router and says so."""
+    for router in ("br0", "jsq_load", "fast_phi"):
+        for rate in (1, 3):
+            write_run(tmp_path, router=router, rate=rate, output_throughput=100.0 + rate, p95_ttft_ms=10.0,
+                      p95_tpot_ms=5.0, mean_imbalance=1000.0)
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("baseline: br0 (vllm_default, jsq not in this sweep)\n\n| rate | router | n |")
+
+
+# ---- tables never hide missing runs --------------------------------------------------------------------------------
+def hydra_job(run_dir: Path, *overrides: str) -> Path:
+    """Mark ``run_dir`` as a Hydra job folder (.hydra/overrides.yaml), as run.py -m leaves it before the result."""
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    return run_dir
+
+
+def test_missing_and_corrupt_results_are_listed_under_the_table(sweep, capsys):
+    lost = hydra_job(min(sweep.glob("jsq_load-3-2-*")), "rate=3", "router=jsq_load", "seed=2")
+    (lost / "result.json").unlink()
+    corrupt = hydra_job(min(sweep.glob("jsq_load-1-1-*")), "rate=1", "router=jsq_load", "seed=1")
+    (corrupt / "result.json").write_text('{"router": "jsq_lo')  # truncated mid-write by a killed job
+    hydra_job(min(sweep.glob("vllm_default-1-0-*")), "rate=1", "router=vllm_default", "seed=0")  # complete
+    assert main([str(sweep), "--metrics", "output_throughput"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-2:] == ["missing: rate=1 router=jsq_load seed=1 — unreadable result.json",
+                                     "missing: rate=3 router=jsq_load seed=2 — no result.json"]
+    assert "| 1 | jsq_load | 2 (of 3) |" in out and "| 3 | vllm_default | 3 |" in out

@@ -99,8 +99,8 @@ def test_cli_errors_name_the_valid_choices(sweep, capsys):
                                        "axes: rate\n")
     assert main([str(sweep), "--focus", "rate=7"]) == 2
     assert "focus rate=7: no runs; values present: 1, 3" in capsys.readouterr().err
-    assert main([str(sweep), "--baseline", "nope"]) == 2
-    assert "baseline router 'nope' has no runs here" in capsys.readouterr().err
+    assert main([str(sweep), "--baseline", "nope"]) == 0  # the rule falls back, and the report says so
+    assert "baseline: jsq (nope, vllm_default not in this sweep)" in (sweep / "report" / "report.md").read_text()
 
 
 def write_result(root: Path, router: str, rate: int, seed: int, **metrics) -> None:

@@ -19,6 +19,8 @@ from balanceroute.experiment import run_experiment
 REPO = Path(__file__).resolve().parents[1]
 #: A 2x2 sweep small enough to finish in seconds.
 SWEEP = ("-m", "router=jsq,jsq_load", "rate=1,3", "workload.num_requests=60")
+#: A run that takes a fraction of a second.
+SMALL_RUN = ("workload.num_requests=20",)
 SWEEP_RUNS = ("rate=1,router=jsq,workload.num_requests=60", "rate=1,router=jsq_load,workload.num_requests=60",
               "rate=3,router=jsq,workload.num_requests=60", "rate=3,router=jsq_load,workload.num_requests=60")
 
@@ -105,6 +107,19 @@ def test_resume_skips_the_same_config_and_reruns_a_changed_one(cfg_run, caplog):
     caplog.clear()
     run_experiment(cfg_run)
     assert "skipped:" not in caplog.text and result_json.stat().st_mtime_ns > before
+
+
+def test_resume_redoes_a_job_whose_result_is_truncated(cfg_run, caplog):
+    run_dir = Path(cfg_run.paths.output_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text('{"completed": 40, "config_ha')  # a job killed mid-write
+    caplog.set_level(logging.WARNING, logger="balanceroute.experiment")
+    result = run_experiment(cfg_run)
+    assert result_of(run_dir) == result and result["completed"] == 40
+    assert (run_dir / "result.json.corrupt").read_text() == '{"completed": 40, "config_ha'
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "result.json: not valid JSON" in warnings[0]
+    assert "moved it to result.json.corrupt and running the job again" in warnings[0]
 
 
 # ---- run.py as users run it -----------------------------------------------------------------------------------
@@ -195,6 +210,8 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path, run_
     ("parallel.dp=0", "error: parallel.dp: must be an integer >= 1 (data-parallel workers), got 0"),
     ("workload=azure_conv", "error: workload.path: trace file '"),
     ("router.S_greedy=-1", "error: router: br0: parameter S_greedy must be an integer >= "),
+    ("router=_prior", "error: router: the chosen router config defines no router (no _target_ or name); configs "
+                      "starting with _ in conf/router/ are shared bases, not routers. Valid routers: bf_io, br0, "),
 ])
 def test_bad_value_stops_with_one_line(tmp_path, run_py, override, message):
     extra = ["router=br0"] if override.startswith("router.") else []
@@ -205,10 +222,20 @@ def test_bad_value_stops_with_one_line(tmp_path, run_py, override, message):
     assert not list(tmp_path.rglob("result.json"))
 
 
-def test_bad_value_stops_a_sweep_before_its_runs(tmp_path, run_py):
-    proc = run_py(["-m", "rate=-1,3", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: rate: must be > 0")
-    assert not list(tmp_path.rglob("result.json"))
+@pytest.mark.parametrize("swept", [["rate=-1,3"], ["rate=1,-1"], ["router=br0", "router.S_greedy=4,-1"],
+                                    ["+arm=jsq,br0_pool", "seed=0,-2"]])
+def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_job(tmp_path, run_py, swept):
+    proc = run_py(["-m", *swept, *SMALL_RUN, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.rstrip().endswith("no job was run)")
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "sweep").exists() or not any((tmp_path / "sweep").iterdir())
+
+
+def test_a_rejected_run_leaves_no_run_folder(tmp_path, run_py):
+    proc = run_py(["rate=-1"], tmp_path)
+    assert proc.returncode == 2
+    assert not any((tmp_path / "outputs" / "runs").iterdir())
 
 
 @pytest.mark.parametrize("group, valid", [("router", "jsq_load"), ("model", "qwen3_30b_a3b")])
