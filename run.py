@@ -13,15 +13,25 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from balanceroute.backends import ConfigError
-from balanceroute.experiment import CONFIG_ERROR_EXIT, discard_unused_run_dir, run_experiment
+from balanceroute.experiment import (
+    CONFIG_ERROR_EXIT,
+    check_single_run_of_a_study,
+    discard_unused_run_dir,
+    run_experiment,
+)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
     try:
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.RUN:
+            check_single_run_of_a_study(hydra_cfg.sweeper.get("params"), hydra_cfg.overrides.task)
         return run_experiment(cfg, progress=sys.stderr.isatty())
     except ConfigError as exc:
         # One line, no traceback. SystemExit also ends a sweep: fix the value and rerun; resume skips finished runs.

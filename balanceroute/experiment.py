@@ -121,6 +121,26 @@ def check_config(cfg: DictConfig) -> None:
                               f"Traces) or point data.data_dir at the folder holding them")
 
 
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_single_run_of_a_study(sweep_params: Any, task_overrides: Any) -> None:
+    """A study (``+experiment=X``) is a sweep; run without ``-m`` it would silently run one arbitrary
+    configuration. Allowed when the command line picks every key the study sweeps (one of its runs), else a
+    ConfigError that says to add -m or which keys to pick."""
+    swept = [str(k) for k in (sweep_params or {})]
+    given = {_override_key(str(o)) for o in task_overrides or ()}
+    if not swept or "experiment" not in given:
+        return
+    unpicked = [k for k in swept if _override_key(k) not in given]
+    if unpicked:
+        study = next(str(o).split("=", 1)[1] for o in task_overrides if _override_key(str(o)) == "experiment")
+        raise ConfigError(f"experiment: {study} is a study that sweeps {', '.join(swept)}; run it with -m "
+                          f"(python run.py -m +experiment={study}), or pick one of its runs by also setting "
+                          f"{', '.join(unpicked)}")
+
+
 # ---- building the parts -----------------------------------------------------------------------------------------
 #: Seed offset of a warm start's history: far from any seed a sweep uses, so the history never repeats a run.
 HISTORY_SEED_OFFSET = 1_000_003

@@ -244,3 +244,16 @@ def test_unknown_option_lists_the_valid_ones(tmp_path, run_py, group, valid):
     assert proc.returncode != 0
     assert f"Could not find '{group}/nope'" in proc.stderr
     assert f"Available options in '{group}'" in proc.stderr and valid in proc.stderr
+
+
+def test_a_study_without_multirun_says_to_add_m_or_pick_a_run(tmp_path, run_py):
+    proc = run_py(["+experiment=bu2026_g8"], tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr == ("error: experiment: bu2026_g8 is a study that sweeps +arm, workload, seed; run it with -m "
+                           "(python run.py -m +experiment=bu2026_g8), or pick one of its runs by also setting +arm, "
+                           "workload, seed\n")
+    assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").iterdir())
+    one_run = run_py(["+experiment=bu2026_g8", "+arm=jsq", "workload=bu2026_b", "seed=1",
+                      "workload.num_requests=50"], tmp_path)
+    assert one_run.returncode == 0, one_run.stderr
+    assert json.loads(next(tmp_path.rglob("result.json")).read_text())["label"] == "jsq"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 import time
 import zlib
 from collections.abc import Mapping
@@ -75,6 +76,7 @@ class ProxyConfig:
     health_timeout_s: float = 2.0
     connect_timeout_s: float = 5.0
     request_timeout_s: float | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", check_targets(self.targets))
@@ -89,6 +91,8 @@ class ProxyConfig:
         for name in ("health_interval_s", "health_timeout_s", "connect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if isinstance(self.max_body_bytes, bool) or not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be an integer >= 1, got {self.max_body_bytes!r}")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0 seconds or None, got {self.request_timeout_s!r}")
 
@@ -124,6 +128,9 @@ class RoutingProxy:
         self.session: aiohttp.ClientSession | None = None
         self.health: HealthMonitor | None = None
         self._keys = itertools.count()
+        # ids the proxy gives requests that came without one: a random prefix per proxy, so they are unique across
+        # restarts and across proxies writing to the same logs
+        self._id_prefix = f"br-{secrets.token_hex(4)}"
         self._timeout = aiohttp.ClientTimeout(total=config.request_timeout_s, sock_connect=config.connect_timeout_s)
 
     def _backends_changed(self) -> None:
@@ -131,7 +138,7 @@ class RoutingProxy:
 
     # ---- the application -----------------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=self.config.max_body_bytes)
         app.router.add_post(COMPLETIONS, self._completions)
         app.router.add_post(CHAT, self._chat)
         app.router.add_get("/v1/models", self._models)
@@ -168,7 +175,12 @@ class RoutingProxy:
 
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         start = time.perf_counter()
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.telemetry.error("bad_request")
+            return _error(413, f"request body is larger than the proxy's limit of {self.config.max_body_bytes} "
+                               "bytes")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -188,7 +200,7 @@ class RoutingProxy:
         text, token_ids = prompt_parts(body, chat)
         prompt_len = self.count_prompt(text, token_ids)
         prompt_hash = (zlib.crc32(text.encode()) or 1) if text else 0  # keys exact-match length predictors
-        request_id = request.headers.get(REQUEST_ID_HEADER) or f"br-{next(self._keys)}"
+        request_id = request.headers.get(REQUEST_ID_HEADER) or f"{self._id_prefix}-{next(self._keys)}"
         headers = _forward_headers(request.headers, request_id)
         failure: _BeforeStream | None = None
         for _attempt in range(2):

@@ -4,6 +4,7 @@ run's allocation derived from its own configuration and job states that also wor
 ``checkpoint``, which requeues a preempted job."""
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +14,11 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 
 class BalancerouteSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        if shutil.which("sbatch") is None:
+            print("error: hydra/launcher=slurm submits through SLURM's sbatch, which is not on PATH here; run the "
+                  "sweep on a machine of the cluster (a login node), or choose hydra/launcher=basic (in this process) "
+                  "or hydra/launcher=submitit_local (a process per job)", file=sys.stderr)
+            sys.exit(2)
         import cloudpickle  # imports here: Hydra imports every plugin module at start, keep that light
 
         from launchers.submission import launch_sweep

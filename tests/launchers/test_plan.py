@@ -3,6 +3,10 @@ job-state watcher's squeue fallback."""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -10,6 +14,8 @@ from omegaconf import OmegaConf
 from balanceroute.serving.multinode import LayoutError, NodeLayout, head_args, headless_args, headless_command
 from launchers import plan, submission
 from launchers.resources import ResourceError, job_resources
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("dp, tp, nodes, per_node, gpus", [(16, 1, 2, 8, 8), (8, 2, 2, 4, 8), (4, 1, 1, 4, 4),
@@ -139,3 +145,17 @@ def test_watcher_reads_squeue_when_there_is_no_accounting(monkeypatch):
     watcher._info_dict.update(info)
     assert watcher.is_done("7_1", mode="cache") and watcher.is_done("7_2", mode="cache")
     assert not watcher.is_done("9", mode="cache")
+
+
+def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path):
+    """No sbatch on PATH (a laptop): one line saying what to do instead, exit 2, no job folder, no traceback."""
+    no_slurm = tmp_path / "bin"
+    no_slurm.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PATH")} | {"PATH": str(no_slurm)}
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), "-m", "hydra/launcher=slurm",
+                           "workload.num_requests=10"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: hydra/launcher=slurm submits through SLURM's sbatch, which is not on PATH")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert not list(tmp_path.rglob("result.json"))

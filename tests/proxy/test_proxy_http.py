@@ -185,3 +185,19 @@ async def test_policies_route_only_to_live_backends(backend_factory, proxy_facto
     assert all(r.completed for r in replies)
     assert {r.worker for r in replies} <= {0, 2}
     assert len(backends[1].bodies) == 0
+
+
+async def test_request_ids_are_unique_across_proxies_and_an_oversized_body_is_a_json_413(backend_factory,
+                                                                                           proxy_factory):
+    backend = await backend_factory()
+    first = await proxy_factory([backend.url])
+    second = await proxy_factory([backend.url], max_body_bytes=2000)  # as a restarted proxy: its own counter
+    async with aiohttp.ClientSession() as session:
+        ids = [(await post(session, p.url, completion_body("hi", 2))).headers["X-Request-Id"]
+               for p in (first, second, first, second)]
+        too_big = await session.post(second.url + "/v1/completions", json=completion_body("x " * 2000, 2))
+        error = await too_big.json()
+    assert len(set(ids)) == 4 and ids[0].startswith("br-") and ids[0].rsplit("-", 1)[0] != ids[1].rsplit("-", 1)[0]
+    assert too_big.status == 413 and too_big.content_type == "application/json"
+    assert error["error"]["code"] == 413 and "limit of 2000 bytes" in error["error"]["message"]
+    assert_no_load(second)
