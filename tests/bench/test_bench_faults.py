@@ -8,6 +8,7 @@ import pytest
 
 from balanceroute.bench import run_benchmark
 from tests.support.bench import make_workload
+from tests.support.waiting import wait_for
 
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
 FAULTS = {"http_429": "http_429", "http_500": "http_500", "http_400": "http_400", "timeout": "timeout",
@@ -76,7 +77,7 @@ async def test_stop_event_marks_in_flight_requests_unfinished(server_factory):
     stop = asyncio.Event()
     wl = make_workload(20, output_len=50, gap_s=0.05)
     task = asyncio.create_task(run_benchmark(srv.url + COMPLETIONS, wl, model="m", stop=stop))
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: srv.handler.served >= 3, what="three requests at the server")
     stop.set()
     res = await asyncio.wait_for(task, 5)
     s = res.summary

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from fleet_helpers import metric_values, sse_events
+from tests.support.waiting import wait_for
 
 from balanceroute.emulate import WORKER_HEADER
 from balanceroute.emulate.protocol import COMPLETIONS_DEFAULT_MAX_TOKENS
@@ -129,7 +130,12 @@ async def test_metrics_count_requests_and_tokens_per_engine(start_fleet, session
     bodies = [(urls.ranks[0], 5, 3), (urls.ranks[1], 8, 2), (urls.ranks[1], 4, 6)]
     await asyncio.gather(*(session.post(url + "/v1/completions", json={"prompt": words(p), "max_tokens": m})
                            for url, p, m in bodies))
-    await asyncio.sleep(0.3)
+
+    async def all_finished() -> bool:
+        done = metric_values(await metrics(session, urls.front), "vllm:request_success_total")
+        return sum(done.values()) == 3
+
+    await wait_for(all_finished, what="the three requests to be counted")
     text = await metrics(session, urls.front)
     assert metric_values(text, "vllm:request_success_total") == {0: 1, 1: 2}
     assert metric_values(text, "vllm:prompt_tokens_total") == {0: 5, 1: 12}

@@ -12,6 +12,7 @@ import pytest
 
 from tests.proxy.client import completion_body, post
 from tests.proxy.conftest import ROOT
+from tests.support.waiting import wait_for
 
 
 async def start_cli(*args: str) -> tuple[asyncio.subprocess.Process, str]:
@@ -43,22 +44,28 @@ def test_bad_arguments_exit_2_with_one_clear_message(args, message, capsys):
 
 
 async def sigterm_while_streaming(backend_factory, session, *, tpot_s: float, tokens: int, grace_s: float):
-    """A proxy process over one backend, one stream of ``tokens`` through it, SIGTERM 0.2 s into the stream."""
+    """A proxy process over one backend, one stream of ``tokens`` through it, SIGTERM once the backend serves it."""
     backend = await backend_factory(tpot_s=tpot_s)
     proc, url = await start_cli("--targets", backend.url, "--port", "0", "--grace", str(grace_s))
     in_flight = asyncio.create_task(post(session, url, completion_body("long", tokens)))
-    await asyncio.sleep(0.2)
+    await wait_for(lambda: len(backend.bodies) == 1, what="the stream to reach the backend")
     proc.send_signal(signal.SIGTERM)
     return proc, url, in_flight
 
 
 async def test_sigterm_stops_accepting_and_lets_the_stream_in_flight_finish(backend_factory):
     async with aiohttp.ClientSession() as session:
-        proc, url, in_flight = await sigterm_while_streaming(backend_factory, session, tpot_s=0.01, tokens=60,
-                                                             grace_s=10)  # the stream takes ~0.6 s
-        await asyncio.sleep(0.1)
-        with pytest.raises(aiohttp.ClientConnectorError):
-            await post(session, url, completion_body("late", 2))
+        proc, url, in_flight = await sigterm_while_streaming(backend_factory, session, tpot_s=0.05, tokens=60,
+                                                             grace_s=30)  # the stream takes ~3 s
+
+        async def refused() -> bool:
+            try:
+                await post(session, url, completion_body("late", 2))
+            except aiohttp.ClientConnectorError:
+                return True
+            return False
+
+        await wait_for(refused, what="the proxy to stop accepting")
         reply = await in_flight
     assert reply.completed and len(reply.events) == 60
     assert await asyncio.wait_for(proc.wait(), 10) == 0

@@ -12,7 +12,8 @@ from balanceroute.policies import PendingRequests, available_policies, make_poli
 from balanceroute.proxy import dispatch
 from balanceroute.proxy.dispatch import LiveRouter, NoLiveBackendError, PoolDispatcher, make_dispatcher
 from tests.proxy.client import completion_body, post
-from tests.proxy.test_reliability import assert_no_load, wait_for
+from tests.proxy.test_reliability import assert_no_load
+from tests.support.waiting import wait_for
 
 
 @pytest.mark.parametrize("name", available_policies())
@@ -39,11 +40,11 @@ async def test_pool_holds_requests_until_slots_free_and_forgets_cancelled_ones()
     dispatcher = PoolDispatcher(LiveRouter(make_policy("br0"), LoadTracker(2, max_num_seqs=1), live))
     first = [asyncio.create_task(dispatcher.acquire(i, 10)) for i in range(2)]
     waiting = [asyncio.create_task(dispatcher.acquire(i, 10)) for i in (2, 3)]
-    await asyncio.sleep(0.01)
-    assert sorted([t.result() for t in first]) == [0, 1] and dispatcher.pending == 2
+    await wait_for(lambda: all(t.done() for t in first) and dispatcher.pending == 2, what="both slots taken")
+    assert sorted([t.result() for t in first]) == [0, 1]
     waiting[0].cancel()  # the client left while queued: no load, no slot
-    await asyncio.sleep(0.01)
-    assert dispatcher.pending == 1 and len(dispatcher.router.tracker) == 2
+    await wait_for(lambda: dispatcher.pending == 1, what="the cancelled request to leave the pool")
+    assert len(dispatcher.router.tracker) == 2
     dispatcher.release(0, True)
     assert await waiting[1] == first[0].result()  # the freed slot goes to the next request
     dispatcher.release(1, True)
@@ -58,7 +59,7 @@ async def test_a_pool_round_considers_the_oldest_window_and_rounds_continue_whil
     rounds = []
     dispatcher.on_decision = rounds.append
     tasks = [asyncio.create_task(dispatcher.acquire(i, 10 * (i + 1))) for i in range(3)]
-    await asyncio.sleep(0.01)
+    await wait_for(lambda: tasks[0].done() and tasks[1].done(), what="two rounds")
     assert [t.done() for t in tasks] == [True, True, False]  # oldest first, one per round, both slots filled
     assert len(rounds) == 2 and dispatcher.pending == 1  # no third round: no slot is free
     dispatcher.release(0, True)

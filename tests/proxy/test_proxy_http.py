@@ -12,7 +12,8 @@ from aiohttp import web
 from balanceroute.bench import run_benchmark
 from balanceroute.proxy import WORKER_HEADER
 from tests.proxy.client import completion_body, post
-from tests.proxy.test_reliability import assert_no_load, wait_for
+from tests.proxy.test_reliability import assert_no_load
+from tests.support.waiting import wait_for
 from tests.support.bench import make_workload
 
 

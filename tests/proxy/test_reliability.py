@@ -16,14 +16,13 @@ import numpy as np
 
 from tests.proxy.client import completion_body, post
 from tests.proxy.conftest import free_port
+from tests.support.waiting import wait_for
 
 
-async def wait_for(predicate, timeout_s: float = 3.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
+def streaming_on(proxy, worker: int) -> int:
+    """Requests on ``worker`` that have streamed at least one token (the proxy's tracked state)."""
+    table = proxy.tracker.snapshot(with_requests=True).requests
+    return int(((table.worker == worker) & (table.generated > 0)).sum())
 
 
 def assert_no_load(proxy) -> None:
@@ -43,7 +42,7 @@ async def test_killed_backend_fails_its_streams_cleanly_then_is_avoided_and_read
     async with aiohttp.ClientSession() as session:
         # phase 1: 40 streams of 100 tokens (0.2-0.5 s each); backend 1 is killed while they stream
         first = [asyncio.create_task(post(session, proxy.url, completion_body(f"p{i}", 100))) for i in range(40)]
-        await asyncio.sleep(0.15)
+        await wait_for(lambda: streaming_on(proxy, 1) == 10, what="backend 1's ten streams to be under way")
         doomed.kill()
         replies = await asyncio.gather(*first)
         on_dead = [r for r in replies if r.worker == 1]
