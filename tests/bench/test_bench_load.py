@@ -16,6 +16,7 @@ COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
 # machine) does not delay the next; TPOT = (E2EL - TTFT) / (n - 1) then moves by at most lateness / (n - 1).
 # Upper bounds allow ~25 ms of scheduling delay on a busy CI machine. (In chat streams the server sends the
 # role-only chunk at once: a client taking it for the first token would see TTFT ~0.)
+@pytest.mark.wallclock
 @pytest.mark.parametrize("path", [COMPLETIONS, CHAT])
 async def test_ttft_tpot_itl_match_the_servers_timing(server_factory, path):
     srv = await server_factory(ttft_s=0.1, tpot_s=0.02)
@@ -29,6 +30,7 @@ async def test_ttft_tpot_itl_match_the_servers_timing(server_factory, path):
     assert 300 <= s["mean_e2el_ms"] <= 325  # 100 + 10 x 20
 
 
+@pytest.mark.wallclock
 async def test_bundled_chunks_keep_tpot_and_spread_itl(server_factory):
     srv = await server_factory(ttft_s=0.02, tpot_s=0.01, tokens_per_chunk=3)
     res = await run_benchmark(srv.url + COMPLETIONS, make_workload(4, output_len=10), model="m")

@@ -23,6 +23,7 @@ def run(compose, tmp_path: Path, *overrides: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.wallclock
 def test_an_emulated_run_agrees_with_the_simulator(compose, tmp_path):
     sim = run(compose, tmp_path, "backend=sim")
     live = run(compose, tmp_path, "backend=emulated")

@@ -17,6 +17,9 @@ from balanceroute.policies import make_policy
 from balanceroute.sim import SimConfig, simulate
 from tests.support.parity import conclusive_run, fleet_process, parity_workload, spaced_workload
 
+
+pytestmark = pytest.mark.wallclock  # routing equal to the simulator's needs tokens on time
+
 RANKS = 4
 TIME_SCALE = 1.5
 MARGIN_S = 0.008  # emulated; 12 ms on the wall clock

@@ -202,6 +202,7 @@ def decode_step(loads: list[int], barrier: bool) -> float:
     return m.cw + m.a * loads[0] + m.b * loads[0] + m.c0
 
 
+@pytest.mark.wallclock
 async def test_a_lone_requests_ttft_and_tpot_follow_the_step_model(start_fleet, session):
     scale = 0.5
     _, urls = await start_fleet(ranks=2, time_scale=scale)
@@ -215,6 +216,7 @@ async def test_a_lone_requests_ttft_and_tpot_follow_the_step_model(start_fleet, 
     assert times[-1] - times[0] == pytest.approx(sum(gaps) * scale, rel=0.05)
 
 
+@pytest.mark.wallclock
 async def test_the_barrier_makes_a_rank_wait_for_the_slowest(start_fleet, session):
     """Rank 0 holds a long prompt, rank 1 a short one: with the barrier, rank 1's decode steps last as long as rank
     0's; without it, rank 1 runs at its own pace."""

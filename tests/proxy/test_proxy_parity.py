@@ -35,6 +35,9 @@ from balanceroute.serving import ManagedServer, free_port
 from balanceroute.sim import SimConfig, simulate
 from tests.support.parity import conclusive_run, fleet_process, parity_workload, spaced_workload
 
+
+pytestmark = pytest.mark.wallclock  # routing equal to the simulator's needs tokens on time
+
 RANKS = 4
 TIME_SCALE = 3.0
 MARGIN_S = 0.008  # emulated; 24 ms on the wall clock

@@ -40,8 +40,8 @@ async def test_killed_backend_fails_its_streams_cleanly_then_is_avoided_and_read
     targets = [others[0].url, doomed.url, others[1].url, others[2].url]
     proxy = await proxy_factory(targets, router="round_robin")
     async with aiohttp.ClientSession() as session:
-        # phase 1: 40 streams of 100 tokens (0.2-0.5 s each); backend 1 is killed while they stream
-        first = [asyncio.create_task(post(session, proxy.url, completion_body(f"p{i}", 100))) for i in range(40)]
+        # phase 1: 40 streams of 400 tokens (~2 s each); backend 1 is killed once its ten are all streaming
+        first = [asyncio.create_task(post(session, proxy.url, completion_body(f"p{i}", 400))) for i in range(40)]
         await wait_for(lambda: streaming_on(proxy, 1) == 10, what="backend 1's ten streams to be under way")
         doomed.kill()
         replies = await asyncio.gather(*first)
