@@ -14,6 +14,7 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,8 +23,8 @@ from scipy import stats
 from analysis.collect import CONFIG_PREFIX, collect_runs, missing_runs
 from analysis.tables import CI_LEVEL, FORMATS, render
 
-__all__ = ["choose_baseline", "compare", "comparison_axes", "is_router_axis", "main", "natural_key", "render",
-           "with_labels"]
+__all__ = ["choose_baseline", "compare", "comparison_axes", "identical_routers", "is_router_axis", "main",
+           "natural_key", "render", "table_notes", "with_labels"]
 
 #: Baselines tried in order when none is configured or the configured one has no runs: vLLM's router, then the
 #: classic count-based one; failing both, the first router by name.
@@ -110,6 +111,33 @@ def choose_baseline(routers: Sequence[str], configured: str | None = None) -> tu
     return choice, f"baseline: {choice}{note}"
 
 
+def identical_routers(runs: pd.DataFrame, metrics: Sequence[str]) -> list[tuple[str, ...]]:
+    """Groups of routers (labels) whose runs gave the same value of every metric in ``metrics`` at every setup and
+    seed: one measurement shown as several rows (on arrival BR-0 is JSQ-Load, docs/policies.md), which a table
+    should say rather than let the rows pass for independent evidence. Only routers run at the same setups and
+    seeds are compared."""
+    runs = with_labels(runs)
+    axes = [a for a in comparison_axes(runs) if not is_router_axis(a)] + ["seed"]
+    values = runs[list(metrics)].apply(pd.to_numeric, errors="coerce")
+    signatures: dict[tuple, list[str]] = {}
+    for router, group in runs.groupby(runs["router"].astype(str)):
+        key = _text(group[axes]).agg("\x1f".join, axis=1)
+        rows = values.loc[group.index].set_axis(key).sort_index()
+        signature = (tuple(rows.index), tuple(map(tuple, rows.round(12).to_numpy().tolist())))
+        signatures.setdefault(signature, []).append(router)
+    return sorted((tuple(sorted(g, key=natural_key)) for g in signatures.values() if len(g) > 1),
+                  key=lambda g: natural_key(g[0]))
+
+
+def table_notes(sweep_dir: str | Path, runs: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    """The lines under a table that keep it honest: runs without a readable result, and routers whose rows are
+    one measurement shown twice."""
+    notes = [f"missing: {overrides} — {why}" for overrides, why in missing_runs(sweep_dir)]
+    notes += [f"identical: {' = '.join(group)} gave the same results in every run (one measurement, not "
+              f"{len(group)})" for group in identical_routers(runs, metrics)]
+    return notes
+
+
 def compare(runs: pd.DataFrame, *, baseline: str = "vllm_default",
             metrics: Sequence[str] = DEFAULT_METRICS, include: Sequence[str] = ()) -> pd.DataFrame:
     """The comparison table: axis columns, ``n`` (runs per row), and per metric ``<m>``, ``<m>_ci95``
@@ -184,14 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    missing = [f"missing: {overrides} — {why}" for overrides, why in missing_runs(args.sweep_dir)]
+    notes = table_notes(args.sweep_dir, runs, metrics)
     body = render(table, args.format, metrics, baseline, mark_best=args.mark_best)
     if args.format == "md":
-        sys.stdout.write("\n".join([heading, "", body.rstrip("\n"), *([""] + missing if missing else [])]) + "\n")
+        sys.stdout.write("\n".join([heading, "", body.rstrip("\n"), *([""] + notes if notes else [])]) + "\n")
     elif args.format == "latex":
-        sys.stdout.write("\n".join([f"% {heading}", *(f"% {m}" for m in missing), body.rstrip("\n")]) + "\n")
-    else:  # CSV stays machine-readable: the heading and the missing runs go to stderr
-        print("\n".join([heading, *missing]), file=sys.stderr)
+        sys.stdout.write("\n".join([f"% {heading}", *(f"% {m}" for m in notes), body.rstrip("\n")]) + "\n")
+    else:  # CSV stays machine-readable: the heading and the notes go to stderr
+        print("\n".join([heading, *notes]), file=sys.stderr)
         sys.stdout.write(body)
     return 0
 

@@ -25,13 +25,14 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from analysis.collect import CONFIG_PREFIX, collect_runs, missing_runs
+from analysis.collect import CONFIG_PREFIX, collect_runs
 from analysis.compare import (
     choose_baseline,
     compare,
     comparison_axes,
     is_router_axis,
     natural_key,
+    table_notes,
     with_labels,
 )
 from analysis.tables import render
@@ -232,9 +233,9 @@ def build_report(sweep_dir: str | Path, *, out: str | Path | None = None, baseli
         + ([f"--published {' '.join(shlex.quote(p) for p in published)}"] if published else [])
     commands = [c for c in (sweep_command(sweep_dir), " ".join(["python -m analysis.report", str(sweep_dir), *options]))
                 if c]
-    missing = [f"missing: {overrides} — {why}" for overrides, why in missing_runs(sweep_dir)]
+    notes = table_notes(sweep_dir, runs, metrics)
     report.write_text(_markdown(title or sweep_dir.name, runs, table, metrics, heading, baseline, figures, commands,
-                                out, published, missing))
+                                out, published, notes))
     return report
 
 
@@ -244,14 +245,14 @@ def _describe(setup: Mapping[str, str]) -> str:
 
 def _markdown(title: str, runs: pd.DataFrame, table: pd.DataFrame, metrics: Sequence[str], heading: str,
               baseline: str, figures: list[tuple[Path, str]], commands: list[str], out: Path,
-              published: Sequence[str], missing: Sequence[str]) -> str:
+              published: Sequence[str], notes: Sequence[str]) -> str:
     routers = sorted(runs["router"].unique(), key=natural_key)
     lines = [f"# {title}", "", f"{len(runs)} runs of {len(routers)} routers ({', '.join(routers)}).",
              f"Setup: {_setup_text(runs)}.", *filter(None, [regime_text(runs)]), ""]
     lines += ["Reproduce (the sweep, whose end writes this report; then the report alone):", "", "```bash",
               *commands, "```", ""]
     lines += ["## Results", "", heading, "", render(table, "md", metrics, baseline, mark_best=True).rstrip(), "",
-              *([*missing, ""] if missing else []),
+              *([*notes, ""] if notes else []),
               "The same table: [table.csv](table.csv) (numbers, with `_best` flags), [table.tex](table.tex).", ""]
     if published:
         lines += ["## Published figures, to compare with the table", "", *(f"- {p}" for p in published), ""]

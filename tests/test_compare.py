@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from analysis.collect import collect_runs
-from analysis.compare import choose_baseline, compare, comparison_axes, main, render
+from analysis.compare import choose_baseline, compare, comparison_axes, identical_routers, main, render
 
 
 def write_run(root: Path, *, router: str, rate, seed: int = 0, dp: int = 8, K: int | None = None,
@@ -197,3 +197,18 @@ def test_missing_and_corrupt_results_are_listed_under_the_table(sweep, capsys):
     assert out.splitlines()[-2:] == ["missing: rate=1 router=jsq_load seed=1 — unreadable result.json",
                                      "missing: rate=3 router=jsq_load seed=2 — no result.json"]
     assert "| 1 | jsq_load | 2 (of 3) |" in out and "| 3 | vllm_default | 3 |" in out
+
+
+def test_routers_with_bit_identical_results_are_said_to_be_one_measurement(sweep, capsys):
+    for rate, base in ((1, 100.0), (3, 300.0)):  # br0 on arrival: exactly jsq_load's numbers
+        for seed, noise in enumerate((-1.0, 0.0, 1.0)):
+            write_run(sweep, router="br0", rate=rate, seed=seed, output_throughput=1.1 * base + 2 * noise,
+                      p95_tpot_ms=40.0 + seed)
+    write_run(sweep, router="br0", rate=3, seed=9, output_throughput=1.0, p95_tpot_ms=1.0)  # an extra seed...
+    assert identical_routers(collect_runs(sweep), ["output_throughput", "p95_tpot_ms"]) == []  # ...breaks it
+    (min(sweep.glob("br0-3-9-*")) / "result.json").unlink()
+    runs = collect_runs(sweep)
+    assert identical_routers(runs, ["output_throughput", "p95_tpot_ms"]) == [("br0", "jsq_load")]
+    assert main([str(sweep), "--metrics", "output_throughput", "p95_tpot_ms"]) == 0
+    assert ("identical: br0 = jsq_load gave the same results in every run (one measurement, not 2)"
+            in capsys.readouterr().out)
