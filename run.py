@@ -20,6 +20,8 @@ from omegaconf import DictConfig
 from balanceroute.backends import ConfigError
 from balanceroute.experiment import (
     CONFIG_ERROR_EXIT,
+    RUN_FAILED_EXIT,
+    RunFailed,
     check_single_run_of_a_study,
     discard_unused_run_dir,
     run_experiment,
@@ -38,6 +40,9 @@ def main(cfg: DictConfig) -> dict:
         print(f"error: {exc}", file=sys.stderr)
         discard_unused_run_dir(cfg)
         sys.exit(CONFIG_ERROR_EXIT)
+    except RunFailed as exc:  # a live run that ran but is not a measurement: its result is on disk
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(RUN_FAILED_EXIT)
 
 
 if __name__ == "__main__":

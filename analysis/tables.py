@@ -1,9 +1,10 @@
 """Render a comparison table (:func:`analysis.compare.compare`) as Markdown, CSV or LaTeX.
 
 A cell reads ``mean ± half-width of the 95% CI (Δ% against the baseline)``. With ``mark_best`` the best mean of
-each metric among the routers of one setup (the rows sharing every non-router axis: rate, G, ...) is marked:
-bold in Markdown and LaTeX, a ``<metric>_best`` column in CSV. Which way is better depends on the metric
-(:func:`higher_is_better`).
+each metric among the routers of one setup (the rows sharing every non-router axis: rate, G, ...) is marked, bold
+in Markdown and LaTeX, a ``<metric>_best`` column in CSV, but only when its 95% interval is clear of every other
+row's: a best that the seeds cannot tell apart from the runner-up is not a finding. A row of one run has no
+interval and is never marked. Which way is better depends on the metric (:func:`higher_is_better`).
 """
 from __future__ import annotations
 
@@ -35,16 +36,25 @@ def setup_columns(table: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
 
 
 def best_flags(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """Per metric, whether a row holds the best mean among the rows of its setup. Means are compared as they are
-    printed (rounded to the table's digits), so values that read the same are all marked."""
+    """Per metric, whether a row holds the best mean among the rows of its setup with its 95% interval clear of
+    every other row's interval there (so the difference is outside the intervals). Rows without an interval (one
+    run) and a setup's only row are never marked."""
     setup = setup_columns(table, metrics)
     key = table[setup].map(str).agg("\x1f".join, axis=1) if setup else pd.Series("", index=table.index)
     flags = {}
     for m in metrics:
-        values = pd.to_numeric(table[m], errors="coerce").map(
-            lambda v: round(v, _decimals(v)) if math.isfinite(v) else math.nan)
-        best = values.groupby(key).transform("max" if higher_is_better(m) else "min")
-        flags[f"{m}_best"] = values.notna() & (values == best)
+        mean = pd.to_numeric(table[m], errors="coerce")
+        half = pd.to_numeric(table[f"{m}_ci95"], errors="coerce")
+        best = pd.Series(False, index=table.index)
+        for _, rows in mean.groupby(key):
+            rows = rows.dropna()
+            if len(rows) < 2:
+                continue
+            top = rows.idxmax() if higher_is_better(m) else rows.idxmin()
+            others = rows.index.drop(top)
+            clear = (mean[others] - mean[top]).abs() > half[top] + half[others]
+            best[top] = bool(math.isfinite(half[top]) and clear.all())
+        flags[f"{m}_best"] = best
     return pd.DataFrame(flags, index=table.index)
 
 
@@ -92,7 +102,8 @@ def _display_rows(table: pd.DataFrame, metrics: Sequence[str], baseline: str, bo
 def caption(baseline: str, *, mark_best: bool = False) -> str:
     text = (f"mean ± {CI_LEVEL:.0%} CI over the n runs (seeds) of a row (\"2 (of 3)\": a row with fewer runs than "
             f"the others); (Δ%) against {baseline} at the same rate and setup")
-    return text + ("; best of each setup in bold" if mark_best else "")
+    return text + ("; bold: the best of its setup, its interval clear of every other row's (n=1: no interval, "
+                   "never bold)" if mark_best else "")
 
 
 def to_markdown(table: pd.DataFrame, metrics: Sequence[str], baseline: str, *, mark_best: bool = False) -> str:

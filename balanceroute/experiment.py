@@ -45,6 +45,36 @@ log = logging.getLogger(__name__)
 
 #: Exit status for a configuration error (as argparse uses for bad arguments).
 CONFIG_ERROR_EXIT = 2
+#: Exit status for a live run that ran but failed (its result is written).
+RUN_FAILED_EXIT = 1
+
+
+class RunFailed(Exception):
+    """A live run that stalled, completed nothing, or failed more requests than ``backend.bench.
+    max_failed_fraction`` allows. Its result files are written (failures are recorded, not lost); the exit
+    status says the run is not a measurement."""
+
+
+def check_live_outcome(cfg: DictConfig, result: dict[str, Any], run_dir: Path) -> None:
+    """Raise :class:`RunFailed` with one line if a live run (a backend with a ``bench`` section) failed. The
+    simulator's failures (timeouts of an overloaded cluster) are outcomes it models, not faults of the run."""
+    bench = cfg.backend.get("bench")
+    if bench is None:
+        return
+    n, completed, failed = int(result.get("num_requests", 0)), int(result.get("completed", 0)), \
+        int(result.get("failed", 0))
+    where = f"backend={cfg.backend.name}: {completed}/{n} completed, {failed} failed"
+    errors = result.get("error_counts") or {}
+    detail = f" ({', '.join(f'{k}: {v}' for k, v in errors.items())})" if errors else ""
+    if result.get("stalled"):
+        raise RunFailed(f"{where}{detail}; stalled: nothing finished for backend.bench.stall_timeout_s="
+                        f"{bench.stall_timeout_s} s. Result kept in {run_dir}; the servers' logs are there too")
+    if n and completed == 0:
+        raise RunFailed(f"{where}{detail}: nothing completed. Result kept in {run_dir}; the servers' logs are "
+                        "there too")
+    if n and failed / n > bench.max_failed_fraction:
+        raise RunFailed(f"{where}{detail}: more than backend.bench.max_failed_fraction="
+                        f"{bench.max_failed_fraction} of the requests failed. Result kept in {run_dir}")
 
 #: Summary keys echoed in the log line that ends a run (those the backend reports).
 HEADLINE = (("output_throughput", "output tok/s", "{:.0f}"), ("p95_ttft_ms", "TTFT p95 ms", "{:.0f}"),
@@ -290,6 +320,7 @@ def run_experiment(cfg: DictConfig, *, progress: bool = False) -> dict[str, Any]
                   "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   "wall_time_s": round(time.perf_counter() - started, 3)}
         record_run(run_dir, result, output.requests, output.timeline, tracker)
+    check_live_outcome(cfg, result, run_dir)
 
     headline = ", ".join(f"{label} {fmt.format(result[key])}" for key, label, fmt in HEADLINE
                          if isinstance(result.get(key), numbers.Real))

@@ -44,8 +44,27 @@ def check_dispatch(section: Mapping[str, Any], backend: str, supported: Sequence
 
 
 #: ``backend.bench`` keys of the live backends: the benchmark client's settings (:func:`balanceroute.bench.
-#: benchmark` arguments, ``endpoint`` the path sent to).
-BENCH_KEYS = ("endpoint", "stream", "ignore_eos", "max_concurrency", "warmup", "timeout_s")
+#: benchmark` arguments, ``endpoint`` the path sent to) and ``max_failed_fraction``, the share of failed requests
+#: above which the run ends non-zero (:func:`balanceroute.experiment.check_live_outcome`).
+BENCH_KEYS = ("endpoint", "stream", "ignore_eos", "max_concurrency", "warmup", "timeout_s", "stall_timeout_s",
+              "max_failed_fraction")
+#: ``backend.bench`` keys that are not benchmark arguments.
+_NOT_BENCH_ARGUMENTS = ("endpoint", "max_failed_fraction", "tokenizer")
+
+
+def check_bench(section: Mapping[str, Any], valid: Sequence[str] = BENCH_KEYS) -> None:
+    """The ``backend.bench`` section of a live backend: known keys, a stall timeout > 0 (or null) and a failure
+    fraction in [0, 1]."""
+    check_keys(section, valid, "backend.bench")
+    check_positive("backend.bench.stall_timeout_s", section["stall_timeout_s"], allow_none=True)
+    fraction = section["max_failed_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ConfigError(f"backend.bench.max_failed_fraction: must be a fraction in [0, 1], got {fraction!r}")
+
+
+def bench_options(section: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The endpoint path and the :func:`balanceroute.bench.benchmark` keyword arguments of ``backend.bench``."""
+    return section["endpoint"], {k: v for k, v in section.items() if k not in _NOT_BENCH_ARGUMENTS}
 
 
 def check_started_server(section: Mapping[str, Any], key: str) -> None:

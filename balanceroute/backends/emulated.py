@@ -33,7 +33,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from balanceroute.backends import ConfigError, RunOutput, RunSpec
-from balanceroute.backends.checks import BENCH_KEYS, check_dispatch, check_keys, check_positive, check_started_server
+from balanceroute.backends.checks import (
+    bench_options,
+    check_bench,
+    check_dispatch,
+    check_positive,
+    check_started_server,
+)
 from balanceroute.backends.sim import model_preset
 from balanceroute.bench import WORKER_HEADER, benchmark
 from balanceroute.bench.result import BenchResult
@@ -87,7 +93,7 @@ class EmulatedBackend:
         check_dispatch(backend, "emulated", ("on_arrival",), " (its DP front end routes each request when it "
                        "arrives, as vLLM's; it has no central pool)")
         check_started_server(backend, "backend")
-        check_keys(backend["bench"], BENCH_KEYS, "backend.bench")
+        check_bench(backend["bench"])
         self.backend = backend
         self.scale = float(backend["time_scale"])
 
@@ -125,8 +131,7 @@ class EmulatedBackend:
         b = self.backend
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         fleet = self.fleet_server(spec)
-        bench = dict(b["bench"])
-        endpoint = bench.pop("endpoint")
+        endpoint, bench = bench_options(b["bench"])
         workload = self.scaled(spec.workload)
         try:
             with fleet:

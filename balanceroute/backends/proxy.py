@@ -29,8 +29,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from balanceroute.backends import ConfigError, RunOutput, RunSpec
 from balanceroute.backends.checks import (
-    BENCH_KEYS,
     DISPATCH_MODES,
+    bench_options,
+    check_bench,
     check_dispatch,
     check_keys,
     check_positive,
@@ -59,7 +60,7 @@ class ProxyBackend:
         proxy = backend["proxy"]
         check_keys(backend, _BACKEND_KEYS, "backend")
         check_keys(proxy, _PROXY_KEYS, "backend.proxy")
-        check_keys(backend["bench"], BENCH_KEYS, "backend.bench")
+        check_bench(backend["bench"])
         self.dispatch = check_dispatch(backend, "proxy", DISPATCH_MODES)
         check_positive("backend.proxy.max_num_seqs", proxy["max_num_seqs"], integer=True, allow_none=True)
         check_positive("backend.proxy.health_interval_s", proxy["health_interval_s"])
@@ -114,8 +115,7 @@ class ProxyBackend:
                               p["host"], port, cwd=spec.run_dir, ready_timeout_s=p["ready_timeout_s"],
                               stop_grace_s=p["stop_timeout_s"], timeout_hint="raise backend.proxy.ready_timeout_s")
         servers.append(proxy)
-        bench = dict(self.backend["bench"])
-        endpoint = bench.pop("endpoint")
+        endpoint, bench = bench_options(self.backend["bench"])
         workload = spec.workload if self.fleet is None else self.fleet.scaled(spec.workload)
         started: list[ManagedServer] = []
         try:

@@ -33,7 +33,14 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from balanceroute.backends import ConfigError, RunOutput, RunSpec
-from balanceroute.backends.checks import BENCH_KEYS, check_dispatch, check_keys, check_positive, check_started_server
+from balanceroute.backends.checks import (
+    BENCH_KEYS,
+    bench_options,
+    check_bench,
+    check_dispatch,
+    check_positive,
+    check_started_server,
+)
 from balanceroute.bench import benchmark, load_tokenizer
 from balanceroute.metrics import BalanceAccumulator
 from balanceroute.serving import ENGINE_COUNTERS, ServerError, VllmServer, engine_counter, free_port, serve_command
@@ -77,7 +84,7 @@ class VllmBackend:
         check_started_server(backend, "backend")
         check_dispatch(backend, "vllm", ("on_arrival",), " (vLLM's DP front end routes each request to an engine "
                        "when it arrives; for pool dispatch put balanceroute proxy in front of DP ranks)")
-        check_keys(backend["bench"], _BENCH_KEYS, "backend.bench")
+        check_bench(backend["bench"], _BENCH_KEYS)
         if not isinstance(backend["plugin"], bool):
             raise ConfigError(f"backend.plugin: must be true or false, got {backend['plugin']!r}")
         try:
@@ -135,9 +142,7 @@ class VllmBackend:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         decisions = spec.run_dir / DECISION_LOG
         decisions.unlink(missing_ok=True)  # the plugin appends; a rerun starts afresh
-        bench = dict(self.backend["bench"])
-        endpoint = bench.pop("endpoint")
-        bench.pop("tokenizer")
+        endpoint, bench = bench_options(self.backend["bench"])
         tokenizer = self._tokenizer()
         server = self.server(spec)
         try:

@@ -48,6 +48,7 @@ class RunInfo:
     goodput_slo_ms: Mapping[str, float] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     request_id_prefix: str = ""
+    stalled: bool = False  # ended by the stall watchdog (balanceroute.bench.progress)
 
 
 @dataclass
@@ -144,6 +145,7 @@ def _client_keys(frame: pd.DataFrame, info: RunInfo, num_prompts: int) -> dict[s
         "seed": info.seed,
         "num_warmups": info.warmup,
         "interrupted": info.interrupted,
+        "stalled": info.stalled,
         "request_id_prefix": info.request_id_prefix,
         "num_sent": len(frame),
         "token_count_source": _count_source(frame),

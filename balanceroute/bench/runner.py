@@ -26,16 +26,15 @@ import math
 import os
 import secrets
 import signal
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import numpy as np
-from tqdm import tqdm
 
 from balanceroute.bench.endpoint import Outcome, build_payload, endpoint_kind, send_request
+from balanceroute.bench.progress import Progress
 from balanceroute.bench.prompts import TextTokenizer, prompt_texts
 from balanceroute.bench.result import BenchResult, RunInfo, build_result
 from balanceroute.workload import Workload
@@ -70,7 +69,8 @@ async def run_benchmark(target_url: str, workload: Workload, *, model: str, stre
                         worker_header: str | None = None, goodput_slo_ms: Mapping[str, float] | None = None,
                         metadata: Mapping[str, Any] | None = None, progress: bool = False,
                         save_texts: bool = False, handle_sigint: bool = False,
-                        stop: asyncio.Event | None = None, request_id_prefix: str | None = None) -> BenchResult:
+                        stop: asyncio.Event | None = None, request_id_prefix: str | None = None,
+                        stall_timeout_s: float | None = None) -> BenchResult:
     """Send ``workload`` to ``target_url`` (a full ``.../v1/completions`` or ``.../v1/chat/completions`` URL).
 
     - ``model``: the served model name sent in every request.
@@ -85,8 +85,11 @@ async def run_benchmark(target_url: str, workload: Workload, *, model: str, stre
       routing proxy chose (recorded in ``worker``).
     - ``goodput_slo_ms``, ``metadata``: passed to the summary (metadata keys such as ``request_rate`` and
       ``burstiness`` are copied into it as ``vllm bench serve`` records them).
-    - ``progress``: a progress bar on stderr; ``save_texts``: keep generated texts (for ``--save-detailed``).
+    - ``progress``: a progress bar on stderr (else a progress log line every 10 s, :mod:`.progress`);
+      ``save_texts``: keep generated texts (for ``--save-detailed``).
     - ``handle_sigint`` / ``stop``: end early (see the module docstring).
+    - ``stall_timeout_s``: end the run when requests are outstanding and none finished for this long (the
+      summary then has ``stalled`` true and ``interrupted`` true); None: never.
     - ``request_id_prefix``: ``X-Request-Id`` header prefix (see the module docstring; default: random).
 
     Returns the :class:`BenchResult`; request failures are recorded there, never raised. Raises ValueError for
@@ -126,18 +129,22 @@ async def run_benchmark(target_url: str, workload: Workload, *, model: str, stre
             outcomes: list[Outcome | None] = [None] * n
             due = np.asarray(workload.arrival_s - (workload.arrival_s[0] if n else 0.0), dtype=np.float64)
             release = np.full(n, np.nan)
-            pbar = tqdm(total=n, unit="req", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+            tracker = Progress(n, bar=progress)
+            watchdog = asyncio.create_task(tracker.watch(stall_timeout_s, stop)) if stall_timeout_s else None
             t0 = time.perf_counter()
-            interrupted = await _dispatch(send, due + t0, release, outcomes, max_concurrency, stop, pbar, save_texts)
+            interrupted = await _dispatch(send, due + t0, release, outcomes, max_concurrency, stop, tracker,
+                                          save_texts)
             duration = time.perf_counter() - t0
-            pbar.close()
+            if watchdog is not None:
+                watchdog.cancel()
+            tracker.close()
     finally:
         if handle_sigint:
             loop.remove_signal_handler(signal.SIGINT)
     info = RunInfo(target_url=target_url, endpoint_type=kind, model=model, stream=stream, ignore_eos=ignore_eos,
                    max_concurrency=max_concurrency, warmup=min(warmup, n), seed=seed, t0=t0, duration_s=duration,
                    interrupted=interrupted, workload_name=workload.name, goodput_slo_ms=goodput_slo_ms,
-                   metadata=dict(metadata or {}), request_id_prefix=prefix)
+                   metadata=dict(metadata or {}), request_id_prefix=prefix, stalled=tracker.stalled)
     return build_result(outcomes, workload, prompt_lens, due + t0, release, info)
 
 
@@ -173,18 +180,19 @@ async def _sleep_until(deadline: float) -> None:
 
 
 async def _dispatch(send, due: np.ndarray, release: np.ndarray, outcomes: list[Outcome | None],
-                    max_concurrency: int | None, stop: asyncio.Event, pbar: tqdm, save_texts: bool) -> bool:
+                    max_concurrency: int | None, stop: asyncio.Event, progress: Progress, save_texts: bool) -> bool:
     """Start every request at its due time; wait for all of them or for ``stop``. True if stopped early."""
     sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     tasks: set[asyncio.Task] = set()
 
     async def one(i: int, out: Outcome) -> None:
+        progress.started()
         try:
             await send(i, out)
         finally:
             if sem is not None:
                 sem.release()
-            pbar.update(1)
+            progress.finished(out.status)
 
     async def schedule() -> None:
         for i, when in enumerate(due.tolist()):

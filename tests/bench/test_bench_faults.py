@@ -85,3 +85,21 @@ async def test_stop_event_marks_in_flight_requests_unfinished(server_factory):
     assert 3 <= s["num_sent"] < 20 and s["unfinished"] == s["num_sent"] and s["completed"] == 0
     assert (res.requests["status"] == "unfinished").all()
     assert res.requests["output_len"].max() > 0  # progress of the cancelled streams is kept
+
+
+async def test_a_stalled_run_is_ended_by_the_watchdog_and_says_so(server_factory):
+    """The server takes every request and never answers: the run ends once nothing finished for the stall
+    timeout, not after the 600 s per-request timeout."""
+    srv = await server_factory()
+    wl = make_workload(3, prompts=["FAULT=timeout"] * 3)
+    res = await run_benchmark(srv.url + COMPLETIONS, wl, model="m", stall_timeout_s=0.3)
+    s = res.summary
+    assert s["stalled"] is True and s["interrupted"] is True
+    assert s["num_sent"] == 3 and s["unfinished"] == 3 and s["completed"] == 0
+
+
+async def test_a_run_that_keeps_finishing_requests_is_not_stalled(server_factory):
+    srv = await server_factory(tpot_s=0.01)
+    res = await run_benchmark(srv.url + COMPLETIONS, make_workload(6, output_len=20, gap_s=0.05), model="m",
+                              stall_timeout_s=5.0)
+    assert res.summary["stalled"] is False and res.summary["completed"] == 6
