@@ -38,6 +38,21 @@ def job_states() -> dict[str, str]:
     return dict(line.split("|", 1) for line in out.split())
 
 
+#: Job states slurmctld may still report just after a job's result is written (the job step is ending).
+UNSETTLED = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
+
+
+def settled_states(job_ids: list[str]) -> dict[str, str]:
+    """``job_states()`` once none of ``job_ids`` is still ending: the launcher returns when a job's result is
+    written, a moment before slurmctld sees the job finish."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        states = job_states()
+        if all(states.get(j) not in UNSETTLED for j in job_ids) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.2)
+
+
 def start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "BALANCEROUTE_DATA_DIR")}
     return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env, text=True,
@@ -74,7 +89,7 @@ def test_sweep_runs_one_slurm_job_per_run(tmp_path, run_py):
     assert len(found) == RUNS
     ids = [r["slurm_job_id"] for r in found.values()]
     assert len(set(ids)) == RUNS and all(isinstance(i, str) for i in ids)
-    states = job_states()
+    states = settled_states(ids)
     for job_id in ids:  # each run was a job slurmctld scheduled and saw complete
         assert states.get(job_id) == "COMPLETED", (job_id, states)
         assert (sweep / ".submitit" / job_id).is_dir()
