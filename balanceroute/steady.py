@@ -121,27 +121,27 @@ def saturated_span(steps: pd.DataFrame, slots_total: int, min_steps: int) -> tup
     return int(full[0]), int(full[-1])
 
 
-def _tokens_in_window(requests: pd.DataFrame, start: float, end: float) -> float:
-    """Output tokens of completed requests produced in [start, end], each request's tokens spread evenly between
-    its first and last token (for backends without a step trace)."""
+def _decodes(requests: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First-token time, last-token time and output tokens of the completed requests that have both times."""
     done = requests[requests["status"].astype(object) == "completed"]
     first = done["first_token_s"].to_numpy(dtype=np.float64)
     last = done["finish_s"].to_numpy(dtype=np.float64)
     out = done["output_len"].to_numpy(dtype=np.float64)
     ok = np.isfinite(first) & np.isfinite(last)
-    first, last, out = first[ok], last[ok], out[ok]
+    return first[ok], last[ok], out[ok]
+
+
+def _tokens_in_window(first: np.ndarray, last: np.ndarray, out: np.ndarray, start: float, end: float) -> float:
+    """Output tokens produced in [start, end], each request's tokens spread evenly between its first and last
+    token (for backends without a step trace)."""
     span = last - first
     overlap = np.clip(np.minimum(last, end) - np.maximum(first, start), 0, None)
     share = np.where(span > 0, overlap / np.where(span > 0, span, 1), ((first >= start) & (first <= end)) * 1.0)
     return float(np.sum(out * share))
 
 
-def _tpot_inside(requests: pd.DataFrame, start: float, end: float) -> np.ndarray:
-    """TPOT (s) of completed requests with more than one output token whose decode lies within [start, end]."""
-    done = requests[requests["status"].astype(object) == "completed"]
-    first = done["first_token_s"].to_numpy(dtype=np.float64)
-    last = done["finish_s"].to_numpy(dtype=np.float64)
-    out = done["output_len"].to_numpy(dtype=np.int64)
+def _tpot_inside(first: np.ndarray, last: np.ndarray, out: np.ndarray, start: float, end: float) -> np.ndarray:
+    """TPOT (s) of the requests with more than one output token whose decode lies within [start, end]."""
     inside = (out > 1) & (first >= start) & (last <= end)
     return (last[inside] - first[inside]) / (out[inside] - 1)
 
@@ -166,6 +166,7 @@ def steady_metrics(requests: pd.DataFrame, steps: pd.DataFrame | None, *, num_wo
         start = t0 + window.warmup_fraction * (t1 - t0)
         end = t1 - window.cooldown_fraction * (t1 - t0)
     length = end - start
+    decodes = _decodes(requests)
     out: dict[str, Any] = {"steady_window": kind, "steady_window_start_s": start, "steady_window_s": length}
     if has_steps:
         begins = steps["start_s"].to_numpy()
@@ -180,9 +181,9 @@ def steady_metrics(requests: pd.DataFrame, steps: pd.DataFrame | None, *, num_wo
     else:
         out.update(steady_saturated_fraction=math.nan, steady_mean_imbalance=math.nan,
                    steady_barrier_idle_fraction=math.nan)
-        tokens = _tokens_in_window(requests, start, end)
+        tokens = _tokens_in_window(*decodes, start, end)
     out["steady_output_throughput"] = tokens / length if length > 0 else math.nan
-    tpot = _tpot_inside(requests, start, end)
+    tpot = _tpot_inside(*decodes, start, end)
     out["steady_mean_tpot_ms"] = float(tpot.mean() * 1000) if tpot.size else math.nan
     out["steady_p95_tpot_ms"] = float(np.percentile(tpot, 95) * 1000) if tpot.size else math.nan
     return out
