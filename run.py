@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from balanceroute.backends import ConfigError
+from balanceroute.config import ConfigError, register_schemas
 from balanceroute.experiment import (
     CONFIG_ERROR_EXIT,
     RUN_FAILED_EXIT,
@@ -26,6 +26,8 @@ from balanceroute.experiment import (
     discard_unused_run_dir,
     run_experiment,
 )
+
+register_schemas()  # conf/ files build on the schemas (balanceroute/config/)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

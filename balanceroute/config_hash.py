@@ -13,8 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-#: Top-level keys that do not change a run's results.
-NOT_RUN_DEFINING = ("hydra", "resume", "logger", "paths", "data", "name")
+#: Top-level keys that do not change a run's results (``lookup`` holds a study's tables; what a run takes from
+#: them, such as its rate, is in the keys that use them).
+NOT_RUN_DEFINING = ("hydra", "resume", "logger", "paths", "data", "name", "lookup")
 
 #: Hex digits kept: 16 (64 bits) makes a collision among a study's runs vanishingly unlikely and stays readable.
 HASH_CHARS = 16
@@ -33,15 +34,16 @@ def run_defining(cfg: DictConfig) -> dict[str, Any]:
         value = cfg[key]  # containers stay attached to cfg, so their interpolations resolve against it
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
-        out[key] = _canonical(value)
+        out[key] = canonical(value)
     return out
 
 
-def _canonical(value: Any) -> Any:
+def canonical(value: Any) -> Any:
+    """``value`` with integral floats as ints at any depth: ``rate=3`` and ``rate=3.0`` are one value."""
     if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
+        return {k: canonical(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_canonical(v) for v in value]
+        return [canonical(v) for v in value]
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value

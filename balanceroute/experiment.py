@@ -27,17 +27,19 @@ from typing import Any
 
 from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from balanceroute import __version__
-from balanceroute.backends import ConfigError, RunSpec, config_key, make_backend
-from balanceroute.config_hash import NOT_RUN_DEFINING, config_hash, run_defining
+from balanceroute.backends import RunSpec, make_backend
+from balanceroute.config import ConfigError, RunConfig, config_key, typed_config
+from balanceroute.config_hash import NOT_RUN_DEFINING, canonical, config_hash, run_defining
 from balanceroute.policies import Policy, available_policies
 from balanceroute.results import RESULT_FILE, read_result, set_aside
 from balanceroute.serving import slurm_job_id
-from balanceroute.steady import SteadyWindow, steady_metrics
+from balanceroute.steady import steady_metrics
 from balanceroute.tracking import finishing, make_tracker, record_run
 from balanceroute.workload import Workload
 
@@ -55,15 +57,15 @@ class RunFailed(Exception):
     status says the run is not a measurement."""
 
 
-def check_live_outcome(cfg: DictConfig, result: dict[str, Any], run_dir: Path) -> None:
+def check_live_outcome(run: RunConfig, result: dict[str, Any], run_dir: Path) -> None:
     """Raise :class:`RunFailed` with one line if a live run (a backend with a ``bench`` section) failed. The
     simulator's failures (timeouts of an overloaded cluster) are outcomes it models, not faults of the run."""
-    bench = cfg.backend.get("bench")
+    bench = getattr(run.backend, "bench", None)
     if bench is None:
         return
     n, completed, failed = int(result.get("num_requests", 0)), int(result.get("completed", 0)), \
         int(result.get("failed", 0))
-    where = f"backend={cfg.backend.name}: {completed}/{n} completed, {failed} failed"
+    where = f"backend={run.backend.name}: {completed}/{n} completed, {failed} failed"
     errors = result.get("error_counts") or {}
     detail = f" ({', '.join(f'{k}: {v}' for k, v in errors.items())})" if errors else ""
     if result.get("stalled"):
@@ -82,18 +84,9 @@ HEADLINE = (("output_throughput", "output tok/s", "{:.0f}"), ("p95_ttft_ms", "TT
 
 
 # ---- validation -------------------------------------------------------------------------------------------------
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_int(key: str, value: Any, minimum: int, what: str = "") -> None:
-    if not _is_int(value) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ConfigError(f"{key}: must be an integer >= {minimum}{what}, got {value!r}")
-
-
-def _check_bool(key: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: must be true or false, got {value!r}")
 
 
 def _missing_keys(cfg: DictConfig) -> list[str]:
@@ -109,13 +102,14 @@ def _missing_keys(cfg: DictConfig) -> list[str]:
     return sorted(missing)
 
 
-def is_trace(cfg: DictConfig) -> bool:
+def is_trace(run: RunConfig) -> bool:
     """Whether the workload replays a file (it has a ``path``) rather than being generated."""
-    return "path" in cfg.workload
+    return hasattr(run.workload, "path")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Check the values that span config groups or that no component checks for us, naming the key.
+def check_config(cfg: DictConfig) -> RunConfig:
+    """The typed configuration (:func:`balanceroute.config.typed_config`: unknown keys and wrong types refused),
+    after checking the values that span config groups or that no component checks for us, naming the key.
 
     Group-local parameters (a policy's, a model coefficient, a simulator setting) are checked by the objects
     they build, in :func:`run_experiment`.
@@ -128,27 +122,26 @@ def check_config(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{missing[0]}: no value given (??? in the config); set it on the command line or "
                           "choose a complete config (files starting with _ are shared bases, not options)")
-    rate = cfg.rate
-    if rate is None:
-        if not is_trace(cfg):
-            raise ConfigError(f"rate: null replays a trace's own timestamps, but workload {cfg.workload.name!r} "
+    run = typed_config(cfg)
+    if run.rate is None:
+        if not is_trace(run):
+            raise ConfigError(f"rate: null replays a trace's own timestamps, but workload {run.workload.name!r} "
                               "is generated; give a rate > 0 (requests/s) or inf")
-    elif isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not rate > 0:
+    elif not run.rate > 0:
         raise ConfigError(f"rate: must be > 0 (requests/s), inf (all requests at t=0) or null (a trace's own "
-                          f"timestamps), got {rate!r}")
-    _check_int("seed", cfg.seed, 0)
-    _check_bool("resume", cfg.resume)
-    _check_int("parallel.dp", cfg.parallel.dp, 1, " (data-parallel workers)")
-    _check_int("parallel.tp", cfg.parallel.tp, 1, " (tensor-parallel GPUs per worker)")
-    _check_bool("parallel.ep", cfg.parallel.ep)
-    n = cfg.workload.num_requests
-    if not (n is None and is_trace(cfg)):
-        _check_int("workload.num_requests", n, 1, " (or null for a whole trace)" if is_trace(cfg) else "")
-    if is_trace(cfg):
-        path = Path(cfg.workload.path)
+                          f"timestamps), got {run.rate!r}")
+    _check_int("seed", run.seed, 0)
+    _check_int("parallel.dp", run.parallel.dp, 1, " (data-parallel workers)")
+    _check_int("parallel.tp", run.parallel.tp, 1, " (tensor-parallel GPUs per worker)")
+    n = run.workload.num_requests
+    if not (n is None and is_trace(run)):
+        _check_int("workload.num_requests", n, 1, " (or null for a whole trace)" if is_trace(run) else "")
+    if is_trace(run):
+        path = Path(run.workload.path)
         if not path.is_file():
             raise ConfigError(f"workload.path: trace file {str(path)!r} not found; fetch the traces (README: "
                               f"Traces) or point data.data_dir at the folder holding them")
+    return run
 
 
 def _override_key(override: str) -> str:
@@ -176,27 +169,22 @@ def check_single_run_of_a_study(sweep_params: Any, task_overrides: Any) -> None:
 HISTORY_SEED_OFFSET = 1_000_003
 
 
-def history_lengths(cfg: DictConfig, count: int) -> list[int]:
+def history_lengths(run: RunConfig, count: int) -> list[int]:
     """Output lengths of ``count`` earlier requests of the run's generated workload (drawn with another seed):
     the history a deployment would warm-start its output-length estimate from (conf/router/_prior.yaml)."""
-    if is_trace(cfg):
+    if is_trace(run):
         raise ConfigError(f"router.history_requests: {count} asks for history drawn from a generated workload, but "
-                          f"workload {cfg.workload.name!r} replays a trace (its rows would be this run's own); "
+                          f"workload {run.workload.name!r} replays a trace (its rows would be this run's own); "
                           "set router.prior_lengths to lengths from an earlier run instead, or history_requests=0")
-    history = cfg.workload.copy()
-    history.num_requests = count
-    history.seed = cfg.seed + HISTORY_SEED_OFFSET
-    params = OmegaConf.to_container(history, resolve=True)
-    params.pop("name")
+    history = dataclasses.replace(run.workload, num_requests=count, seed=run.seed + HISTORY_SEED_OFFSET)
     with config_key("router.history_requests"):
-        return instantiate(params).output_len.tolist()
+        return build_workload(history).output_len.tolist()
 
 
-def router_params(cfg: DictConfig) -> dict[str, Any]:
+def router_params(run: RunConfig) -> dict[str, Any]:
     """The router's name and parameters (``make_policy`` arguments), without Hydra's ``_target_``; a warm start
     from history (``history_requests``) becomes ``prior_lengths`` worth one observation each."""
-    params = OmegaConf.to_container(cfg.router, resolve=True)
-    params.pop("_target_", None)
+    params = {k: v for k, v in run.router.items() if k != "_target_"}
     count = params.pop("history_requests", 0)
     if not count:
         return params
@@ -204,34 +192,24 @@ def router_params(cfg: DictConfig) -> dict[str, Any]:
     if params.get("prior_lengths") is not None:
         raise ConfigError("router.history_requests: give either a history to draw (history_requests) or "
                           "prior_lengths, not both")
-    lengths = history_lengths(cfg, count)
+    lengths = history_lengths(run, count)
     return {**params, "prior_lengths": lengths, "prior_weight": float(len(lengths))}
 
 
-def build_policy(cfg: DictConfig, params: dict[str, Any] | None = None) -> Policy:
-    """The routing policy of ``cfg.router`` (its ``_target_`` called with :func:`router_params`, or ``params``
-    when the caller has them already), seeded with ``cfg.seed``."""
+def build_policy(run: RunConfig, params: dict[str, Any] | None = None) -> Policy:
+    """The routing policy of ``run.router`` (its ``_target_`` called with :func:`router_params`, or ``params``
+    when the caller has them already), seeded with ``run.seed``."""
     with config_key("router"):
-        params = router_params(cfg) if params is None else params
-        return instantiate({"_target_": cfg.router._target_, **params}, seed=cfg.seed, _convert_="all")
+        params = router_params(run) if params is None else params
+        return instantiate({"_target_": run.router["_target_"], **params}, seed=run.seed, _convert_="all")
 
 
-def build_workload(cfg: DictConfig) -> Workload:
-    """The requests of ``cfg.workload``: its ``_target_`` loader called with every key but ``name``."""
-    params = OmegaConf.to_container(cfg.workload, resolve=True)
+def build_workload(workload: Any) -> Workload:
+    """The requests of a typed ``workload`` section: its ``_target_`` loader called with every key but ``name``."""
+    params = dataclasses.asdict(workload)
     name = params.pop("name")
     with config_key("workload"):
-        workload = instantiate(params)
-    if not isinstance(workload, Workload):
-        raise ConfigError(f"workload._target_: {params['_target_']} returned {type(workload).__name__}, "
-                          "not a balanceroute.workload.Workload")
-    return dataclasses.replace(workload, name=name)
-
-
-def build_steady_window(cfg: DictConfig) -> SteadyWindow:
-    """How the steady window of ``cfg.steady`` is chosen (:mod:`balanceroute.steady`)."""
-    with config_key("steady"):
-        return SteadyWindow(**OmegaConf.to_container(cfg.steady, resolve=True))
+        return dataclasses.replace(instantiate(params), name=name)
 
 
 # ---- the run ----------------------------------------------------------------------------------------------------
@@ -246,27 +224,26 @@ def _json_number(value: Any) -> Any:
     return value
 
 
-def run_label(cfg: DictConfig) -> str:
+def run_label(run: RunConfig) -> str:
     """What tables and plots call the run's router: ``label`` where the configuration sets one (a study arm,
     conf/arm/, such as ``br0_pool`` or ``br_h_oracle``: router variants that share a policy name), else the
     router's name."""
-    label = cfg.get("label")
-    return str(label) if label is not None else str(cfg.router.name)
+    return run.label if run.label is not None else str(run.router["name"])
 
 
-def run_identity(cfg: DictConfig, workload: Workload, digest: str) -> dict[str, Any]:
+def run_identity(cfg: DictConfig, run: RunConfig, workload: Workload, digest: str) -> dict[str, Any]:
     """The keys result.json carries beside the metrics, so a result file says what it measured."""
     return {
-        "router": cfg.router.name,
-        "label": run_label(cfg),
-        "rate": _json_number(cfg.rate),
-        "dp": cfg.parallel.dp,
-        "tp": cfg.parallel.tp,
-        "model": cfg.model.name,
-        "backend": cfg.backend.name,
+        "router": run.router["name"],
+        "label": run_label(run),
+        "rate": _json_number(canonical(run.rate)),
+        "dp": run.parallel.dp,
+        "tp": run.parallel.tp,
+        "model": run.model.name,
+        "backend": run.backend.name,
         "workload": workload.name,
         "num_requests": len(workload),
-        "seed": cfg.seed,
+        "seed": run.seed,
         "config_hash": digest,
         "config": _json_number(run_defining(cfg)),
         "balanceroute_version": __version__,
@@ -279,7 +256,7 @@ def run_experiment(cfg: DictConfig, *, progress: bool = False) -> dict[str, Any]
 
     The run folder is ``cfg.paths.output_dir``. Raises :class:`ConfigError` for a value the user can fix.
     """
-    check_config(cfg)
+    run = check_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
     digest = config_hash(cfg)
     try:
@@ -288,7 +265,7 @@ def run_experiment(cfg: DictConfig, *, progress: bool = False) -> dict[str, Any]
         moved = set_aside(run_dir / RESULT_FILE)
         log.warning("%s; moved it to %s and running the job again", exc, moved.name)
         previous = None
-    if previous is not None and cfg.resume:
+    if previous is not None and run.resume:
         if previous.get("config_hash") == digest:
             log.info("skipped: %s already holds the result of this configuration (config_hash %s; resume=false "
                      "reruns it)", run_dir, digest)
@@ -296,31 +273,30 @@ def run_experiment(cfg: DictConfig, *, progress: bool = False) -> dict[str, Any]
         log.info("rerunning: the configuration changed since %s/result.json was written (config_hash %s -> %s)",
                  run_dir, previous.get("config_hash"), digest)
 
-    steady = build_steady_window(cfg)
-    router = router_params(cfg)
-    policy = build_policy(cfg, router)
-    backend = make_backend(cfg)
-    workload = build_workload(cfg)
-    spec = RunSpec(workload=workload, policy=policy, router=router, seed=cfg.seed,
+    router = router_params(run)
+    policy = build_policy(run, router)
+    backend = make_backend(run)
+    workload = build_workload(run.workload)
+    spec = RunSpec(workload=workload, policy=policy, router=router, seed=run.seed,
                    run_dir=run_dir, progress=progress)
-    rate = "the trace's timestamps" if cfg.rate is None else f"{cfg.rate} requests/s"
-    log.info("running %s: %d requests (%s) at %s over dp=%d, router %s, model %s", cfg.backend.name,
-             len(workload), workload.name, rate, cfg.parallel.dp, cfg.router.name, cfg.model.name)
+    rate = "the trace's timestamps" if run.rate is None else f"{run.rate} requests/s"
+    log.info("running %s: %d requests (%s) at %s over dp=%d, router %s, model %s", run.backend.name,
+             len(workload), workload.name, rate, run.parallel.dp, router["name"], run.model.name)
 
-    identity = run_identity(cfg, workload, digest)
-    logger = OmegaConf.to_container(cfg.logger, resolve=True)
+    identity = run_identity(cfg, run, workload, digest)
     with config_key("logger"):  # a bad logger option stops the run here, before any work
-        tracker = make_tracker(logger, run_dir=run_dir, config=identity["config"], name=run_dir.name)
+        tracker = make_tracker(dataclasses.asdict(run.logger), run_dir=run_dir, config=identity["config"],
+                               name=run_dir.name)
     with finishing(tracker):
         started = time.perf_counter()
         output = backend.run(spec)
-        window = steady_metrics(output.requests, output.steps, num_workers=cfg.parallel.dp,
-                                slots_per_worker=output.summary.get("max_num_seqs"), window=steady)
+        window = steady_metrics(output.requests, output.steps, num_workers=run.parallel.dp,
+                                slots_per_worker=output.summary.get("max_num_seqs"), window=run.steady)
         result = {**output.summary, **window, **identity,
                   "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   "wall_time_s": round(time.perf_counter() - started, 3)}
         record_run(run_dir, result, output.requests, output.timeline, tracker)
-    check_live_outcome(cfg, result, run_dir)
+    check_live_outcome(run, result, run_dir)
 
     headline = ", ".join(f"{label} {fmt.format(result[key])}" for key, label, fmt in HEADLINE
                          if isinstance(result.get(key), numbers.Real))
@@ -359,12 +335,14 @@ class SweepCheck(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         for job in _value_probes(config):
-            cfg = compose(config_name="config", overrides=job)
             try:
-                check_config(cfg)
-                build_steady_window(cfg)
-                build_policy(cfg)
-                make_backend(cfg)
+                run = check_config(compose(config_name="config", overrides=job))
+                build_policy(run)
+                make_backend(run)
+            except ConfigCompositionException as exc:  # a value of the wrong type for its schema
+                cause = f": {str(exc.__cause__).strip().splitlines()[0]}" if exc.__cause__ else ""
+                print(f"error: {exc}{cause} (no job was run)", file=sys.stderr)
+                sys.exit(CONFIG_ERROR_EXIT)
             except ConfigError as exc:
                 print(f"error: {exc} (in the sweep's job {' '.join(job)}; no job was run)", file=sys.stderr)
                 sys.exit(CONFIG_ERROR_EXIT)

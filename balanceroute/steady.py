@@ -36,7 +36,7 @@ import pandas as pd
 STEP_COLUMNS = ("start_s", "step_s", "imbalance", "idle_s", "running", "tokens")
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: it is also the schema of the config section, which Hydra fills in
 class SteadyWindow:
     """How the steady window is chosen (config section ``steady``; see the module docstring)."""
 

@@ -25,6 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from balanceroute.config import register_schemas
 from balanceroute.serving.multinode import NodeLayout, check_mode, head_args, headless_args, headless_command
 from balanceroute.serving.slurm import srun_on
 from balanceroute.serving.vllm import serve_command as vllm_serve_command
@@ -74,6 +75,7 @@ def _with_launcher(overrides: list[str]) -> list[str]:
 
 def compose_run(overrides: list[str], config_dir: str) -> DictConfig:
     GlobalHydra.instance().clear()
+    register_schemas()
     with initialize_config_dir(version_base="1.3", config_dir=config_dir, job_name="run"):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 

@@ -22,6 +22,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
+from balanceroute.config import register_schemas
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 RUN_PY = REPO / "run.py"
@@ -34,6 +36,7 @@ SMALL = ("model=tiny", "parallel.dp=2", "workload.num_requests=40", "workload.pr
 def compose_config(overrides: Sequence[str] = (), *, hydra_config: bool = False) -> DictConfig:
     """conf/config.yaml with ``overrides``, composed as run.py would (``hydra_config`` keeps the ``hydra`` node)."""
     GlobalHydra.instance().clear()
+    register_schemas()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
 

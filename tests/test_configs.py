@@ -12,11 +12,13 @@ import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from balanceroute.backends import ConfigError, make_backend
+from balanceroute.backends import make_backend
 from balanceroute.backends.sim import model_preset
+from balanceroute.config import ConfigError
 from balanceroute.config_hash import config_hash
 from balanceroute.experiment import HISTORY_SEED_OFFSET, build_policy, build_workload, check_config, router_params
 from balanceroute.policies import Policy, available_policies
@@ -69,10 +71,10 @@ def test_each_registered_policy_has_a_router_config_and_vice_versa():
 
 @pytest.mark.parametrize("router", options("router"))
 def test_every_router_instantiates(router, compose):
-    cfg = compose([f"router={router}"])
-    policy = instantiate({"_target_": cfg.router._target_, **router_params(cfg)}, seed=3)
+    run = check_config(compose([f"router={router}"]))
+    policy = instantiate({"_target_": run.router["_target_"], **router_params(run)}, seed=3)
     assert isinstance(policy, Policy) and policy.name == router and policy.seed == 3
-    assert build_policy(cfg).name == router
+    assert build_policy(run).name == router
 
 
 def test_each_preset_has_a_model_config_and_vice_versa(compose):
@@ -82,20 +84,20 @@ def test_each_preset_has_a_model_config_and_vice_versa(compose):
 
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_resolves_to_its_preset(model, compose):
-    cfg = compose([f"model={model}"])
-    preset = model_preset(cfg.model)
-    assert preset == PRESETS[cfg.model.name]  # all overrides null: the preset unchanged
+    model = check_config(compose([f"model={model}"])).model
+    preset = model_preset(model)
+    assert preset == PRESETS[model.name]  # all overrides null: the preset unchanged
     preset_fields = {f.name for f in dataclasses.fields(ModelPreset)}
-    assert set(cfg.model) - preset_fields <= {"hf_repo", "moe", "vllm"}  # no misspelt coefficient silently ignored
-    assert cfg.model.hf_repo is None or "/" in cfg.model.hf_repo
+    assert {f.name for f in dataclasses.fields(model)} - preset_fields <= {"hf_repo", "moe", "vllm"}
+    assert model.hf_repo is None or "/" in model.hf_repo
 
 
 def test_model_overrides_apply_and_are_validated(compose):
-    cfg = compose(["model=qwen3_30b_a3b", "model.b=0", "model.max_num_seqs=64"])
-    preset = model_preset(cfg.model)
+    model = check_config(compose(["model=qwen3_30b_a3b", "model.b=0", "model.max_num_seqs=64"])).model
+    preset = model_preset(model)
     assert preset.b == 0 and preset.max_num_seqs == 64 and preset.a == PRESETS["qwen3_30b_a3b"].a
     with pytest.raises(ConfigError, match=r"^model: .*a must be a number >= 0.0, got -1"):
-        model_preset(compose(["model.a=-1"]).model)
+        model_preset(check_config(compose(["model.a=-1"])).model)
 
 
 def test_ep_and_barrier_follow_the_model(compose):
@@ -108,13 +110,13 @@ def test_ep_and_barrier_follow_the_model(compose):
 @pytest.mark.parametrize("workload", options("workload"))
 def test_every_workload_builds(workload, data_dir, compose):
     cfg = compose([f"workload={workload}", "workload.num_requests=20", f"data.data_dir={data_dir}"])
-    wl = build_workload(cfg)
+    wl = build_workload(check_config(cfg).workload)
     assert isinstance(wl, Workload) and len(wl) == 20 and wl.name == workload
 
 
 def test_sim_backend_builds_from_the_config(compose):
     cfg = compose(["parallel.dp=5", "backend.dispatch=pool", "model=tiny"])
-    sim_config = make_backend(cfg).config
+    sim_config = make_backend(check_config(cfg)).config
     assert sim_config.num_workers == 5 and sim_config.dispatch == "pool" and sim_config.model.name == "tiny"
 
 
@@ -122,19 +124,58 @@ def test_sim_backend_builds_from_the_config(compose):
 @pytest.mark.parametrize("override, message", [
     ("rate=-1", "rate: must be > 0"),
     ("rate=0", "rate: must be > 0"),
-    ("rate=fast", "rate: must be > 0"),
     ("rate=null", "rate: null replays a trace's own timestamps, but workload 'synthetic' is generated"),
     ("seed=-2", "seed: must be an integer >= 0, got -2"),
     ("parallel.dp=0", "parallel.dp: must be an integer >= 1 (data-parallel workers), got 0"),
-    ("parallel.tp=1.5", "parallel.tp: must be an integer >= 1"),
     ("workload.num_requests=0", "workload.num_requests: must be an integer >= 1, got 0"),
-    ("resume=maybe", "resume: must be true or false"),
-    ("model=_base", "model.name: no value given"),
+    ("+model.aa=1", "model.aa: unknown key; model has name, hf_repo, moe, a, b, c0"),
+    ("+workload.rat=3", "workload.rat: unknown key; workload has _target_, name, num_requests, rate,"),
+    ("+parallel.dpp=4", "parallel.dpp: unknown key; parallel has dp, tp, ep"),
+    ("+backend.dispatchh=pool", "backend.dispatchh: unknown key; backend has name, dispatch, barrier,"),
+    ("+logger.projct=x", "logger.projct: unknown key; logger has name"),
+    ("+foo=1", "foo: unknown key; the configuration has name, rate, seed,"),
+    ("+steady.warmup=0.2", "steady.warmup: unknown key; steady has warmup_fraction,"),
+    ("steady.warmup_fraction=1.5", "steady: warmup_fraction must be a fraction of the run in [0, 1), got 1.5"),
 ])
 def test_bad_values_name_the_key(override, message, compose):
     with pytest.raises(ConfigError) as err:
         check_config(compose([override]))
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["logger=wandb", "+logger.projct=x"], "logger.projct: unknown key; logger has mode, project,"),
+    (["backend=proxy", "+backend.bench.warm=1"], "backend.bench.warm: unknown key; backend.bench has endpoint,"),
+    (["backend=proxy", "+backend.fleet.scale=2"], "backend.fleet.scale: unknown key; backend.fleet has host,"),
+    (["model=qwen3_0_6b", "+model.vllm.enable_prefix_caching=true"],
+     "model.vllm.enable_prefix_caching: unknown key; model.vllm has model, served_model_name,"),
+])
+def test_unknown_keys_of_an_option_and_of_nested_sections_are_refused(overrides, message, compose):
+    with pytest.raises(ConfigError) as err:
+        check_config(compose(overrides))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, key", [("rate=fast", "rate"), ("parallel.tp=1.5", "parallel.tp"),
+                                           ("resume=maybe", "resume"), ("model.aa=1", "model.aa"),
+                                           ("backend.timeout_s=soon", "backend.timeout_s")])
+def test_composition_refuses_wrong_types_and_unknown_keys_by_their_schema(override, key, compose):
+    """Without ``+``, Hydra itself checks an override against the section's schema while composing."""
+    with pytest.raises(ConfigCompositionException) as err:
+        compose([override])
+    assert f"full_key: {key}" in str(err.value.__cause__)
+
+
+def test_a_group_file_with_a_misspelt_key_is_refused_while_composing(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    text = (conf / "model" / "tiny.yaml").read_text()
+    (conf / "model" / "tiny.yaml").write_text(text + "max_num_seq: 4\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf)), \
+            pytest.raises(ConfigCompositionException) as err:
+        hydra_compose(config_name="config", overrides=["model=tiny"])
+    assert "Key 'max_num_seq' not in 'ModelConfig'" in str(err.value)
 
 
 def test_missing_trace_names_the_file(tmp_path, compose):
@@ -155,9 +196,10 @@ def test_trace_workload_accepts_null_rate_and_whole_trace(data_dir, compose):
 ])
 def test_component_errors_are_prefixed_with_their_group(group, override, key, compose):
     overrides = ["router=fast_phi", override]
-    build = {"router": build_policy, "backend": make_backend, "workload": build_workload}[group]
+    build = {"router": build_policy, "backend": make_backend,
+             "workload": lambda run: build_workload(run.workload)}[group]
     with pytest.raises(ConfigError) as err:
-        build(compose(overrides))
+        build(check_config(compose(overrides)))
     assert str(err.value).startswith(key)
 
 
@@ -215,11 +257,10 @@ def readme_run_commands() -> list[list[str]]:
 
 @pytest.mark.parametrize("overrides", readme_run_commands(), ids=" ".join)
 def test_readme_examples_are_valid(overrides, data_dir, compose):
-    cfg = compose([*overrides, f"data.data_dir={data_dir}"], hydra_config=True)
-    check_config(cfg)
-    build_policy(cfg)
-    make_backend(cfg)
-    build_workload(cfg)
+    run = check_config(compose([*overrides, f"data.data_dir={data_dir}"], hydra_config=True))
+    build_policy(run)
+    make_backend(run)
+    build_workload(run.workload)
 
 
 def test_sweep_folder_is_named_by_study_and_overrides(compose):
@@ -247,42 +288,39 @@ def test_every_br_and_bf_io_arm_places_from_the_pool(arm, compose):
 def test_a_backend_without_a_pool_refuses_a_pool_arm(backend, compose):
     cfg = compose([f"backend={backend}", "+arm=br0_pool", "model=tiny_moe", "model.vllm.model=/nonexistent"])
     with pytest.raises(ConfigError, match=rf"^backend.dispatch: 'pool' is not available with backend={backend} "):
-        make_backend(cfg)
+        make_backend(check_config(cfg))
 
 
 def test_the_proxy_honours_a_pool_arm(compose):
-    cfg = compose(["backend=proxy", "+arm=br0_pool", "model=tiny"])
-    backend = make_backend(cfg)
+    run = check_config(compose(["backend=proxy", "+arm=br0_pool", "model=tiny"]))
+    backend = make_backend(run)
     assert backend.dispatch == "pool"
-    assert "--dispatch pool" in " ".join(backend.proxy_command(_spec(cfg), ["http://127.0.0.1:1"], 2))
+    assert "--dispatch pool" in " ".join(backend.proxy_command(_spec(run), ["http://127.0.0.1:1"], 2))
 
 
 def test_an_unknown_backend_key_is_refused(compose):
-    cfg = compose(["backend=proxy", "+backend.dispach=pool"])
-    with pytest.raises(ConfigError, match=r"^backend: unknown key\(s\) dispach; valid: "):
-        make_backend(cfg)
+    with pytest.raises(ConfigError, match=r"^backend.dispach: unknown key; backend has name, dispatch, "):
+        check_config(compose(["backend=proxy", "+backend.dispach=pool"]))
 
 
-def _spec(cfg):
+def _spec(run):
     from balanceroute.backends import RunSpec
-    return RunSpec(workload=build_workload(cfg), policy=build_policy(cfg), router=router_params(cfg), seed=0,
-                   run_dir=Path("."))
+    return RunSpec(workload=build_workload(run.workload), policy=build_policy(run), router=router_params(run),
+                   seed=0, run_dir=Path("."))
 
 
 # ---- warm start from history ---------------------------------------------------------------------------------------
 def test_history_warm_start_draws_other_requests_of_the_same_workload(compose):
-    cfg = compose(["+arm=br_h_survival", "workload.num_requests=50", "router.history_requests=300", "seed=4"])
-    params = router_params(cfg)
+    run = check_config(compose(["+arm=br_h_survival", "workload.num_requests=50", "router.history_requests=300",
+                                "seed=4"]))
+    params = router_params(run)
     assert "history_requests" not in params
     lengths = params["prior_lengths"]
     assert len(lengths) == 300 and params["prior_weight"] == 300.0
-    run = build_workload(cfg).output_len.tolist()
-    assert lengths[:50] != run  # not this run's own requests
-    with open_dict(cfg):
-        cfg.workload.seed = 4 + HISTORY_SEED_OFFSET
-        cfg.workload.num_requests = 300
-    assert lengths == build_workload(cfg).output_len.tolist()  # the same generator, another seed
-    policy = build_policy(cfg)
+    assert lengths[:50] != build_workload(run.workload).output_len.tolist()  # not this run's own requests
+    history = dataclasses.replace(run.workload, seed=4 + HISTORY_SEED_OFFSET, num_requests=300)
+    assert lengths == build_workload(history).output_len.tolist()  # the same generator, another seed
+    policy = build_policy(run)
     assert policy.estimator.prior_mean == pytest.approx(np.mean(lengths))
 
 
@@ -290,4 +328,4 @@ def test_history_of_a_trace_workload_is_refused(data_dir, compose):
     cfg = compose(["+arm=br_h_survival", "workload=azure_conv", f"data.data_dir={data_dir}"])
     with pytest.raises(ConfigError, match=r"^router.history_requests: 2000 asks for history drawn from a generated "
                                           r"workload, but workload 'azure_conv' replays a trace"):
-        router_params(cfg)
+        router_params(check_config(cfg))

@@ -146,11 +146,11 @@ ARMS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "a
 
 @pytest.mark.parametrize("arm", ARMS)
 def test_every_study_arm_builds_its_router_under_its_label(arm, compose):
-    from balanceroute.experiment import build_policy, run_label
+    from balanceroute.experiment import build_policy, check_config, run_label
 
     cfg = compose([f"+arm={arm}"])
-    policy = build_policy(cfg)
-    assert run_label(cfg) == arm and policy.name == cfg.router.name
+    policy = build_policy(check_config(cfg))
+    assert run_label(check_config(cfg)) == arm and policy.name == cfg.router.name
     assert arm.startswith(policy.name) or (arm, policy.name) == ("fcfs_pool", "round_robin")
     pool_policy = arm.startswith(("br0", "br_h", "bf_io"))  # Bu et al.'s and Chen et al.'s: pool policies
     assert cfg.backend.dispatch == ("pool" if pool_policy or arm.endswith("_pool") else "on_arrival")

@@ -22,7 +22,7 @@ from analysis.wandb_runs import (
     read_records,
     result_of,
 )
-from balanceroute.backends import ConfigError
+from balanceroute.config import ConfigError
 from balanceroute.experiment import run_experiment
 from balanceroute.tracking import NullTracker, record_run
 from balanceroute.tracking.secrets import REDACTED, redact, secret_values
@@ -51,13 +51,14 @@ SMALL = ["model=tiny", "parallel.dp=2", "workload.num_requests=40", "workload.pr
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory) -> Path:
     """One run of run.py with logger=wandb in offline mode, secrets in its environment and one of them pulled into
-    its config (``+model.hf_token=${oc.env:HF_TOKEN}``); HOME is a temporary folder, so W&B's own cache, config
+    its config (``+model.vllm.env.HF_TOKEN=${oc.env:HF_TOKEN}``, as a vLLM server's environment would); HOME is a temporary folder, so W&B's own cache, config
     and data folders are inside it too. Returns the temporary root (run folder: ``run/``, home: ``home/``)."""
     root = tmp_path_factory.mktemp("wandb_offline")
     (root / "home").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "HYDRA_FULL_ERROR"}
     env.update(SECRETS, HOME=str(root / "home"))
-    args = [*SMALL, "logger=wandb", "logger.mode=offline", "logger.tags=[test]", "+model.hf_token=${oc.env:HF_TOKEN}",
+    small = ["model=tiny_moe" if a == "model=tiny" else a for a in SMALL]  # tiny's preset, with a vllm section
+    args = [*small, "logger=wandb", "logger.mode=offline", "logger.tags=[test]", "+model.vllm.env.HF_TOKEN=${oc.env:HF_TOKEN}",
             f"hydra.run.dir={root / 'run'}"]
     proc = subprocess.run([sys.executable, str(RUN_PY), *args], cwd=root, env=env, capture_output=True, text=True,
                           timeout=300, stdin=subprocess.DEVNULL, check=False)
@@ -114,8 +115,8 @@ def test_no_secret_reaches_any_file_the_run_writes(offline_run):
     assert leaks == {}
     # the secret pulled into the config arrived there, redacted, in result.json and in the W&B config
     result = json.loads((offline_run / "run" / "result.json").read_text())
-    assert result["config"]["model"]["hf_token"] == REDACTED
-    assert read_offline_run(wandb_file(offline_run / "run")).config["model"]["hf_token"] == REDACTED
+    assert result["config"]["model"]["vllm"]["env"]["HF_TOKEN"] == REDACTED
+    assert read_offline_run(wandb_file(offline_run / "run")).config["model"]["vllm"]["env"]["HF_TOKEN"] == REDACTED
 
 
 def test_collecting_offline_runs_gives_the_local_frame(offline_run):
@@ -217,7 +218,7 @@ def test_a_failure_mid_run_warns_once_and_the_files_are_written(tmp_path, caplog
 
 @pytest.mark.parametrize("logger, message", [
     ({"mode": "sometimes"}, "logger: mode: 'sometimes' is not a W&B mode; valid modes: online, offline, disabled"),
-    ({"colour": "red"}, "logger: unknown option(s) colour; valid options: mode, project, entity"),
+    ({"colour": "red"}, "logger.colour: unknown key; logger has mode, project, entity"),
     ({"table_rows": -1}, "logger: table_rows: must be an integer >= 0, got -1"),
 ])
 def test_a_bad_logger_option_stops_the_run_before_any_work(cfg_run, logger, message):

@@ -1,11 +1,17 @@
-"""Checks of the config sections the backends share, each raising a :class:`ConfigError` that names the key."""
+"""Checks of the backend settings the live backends share, each raising a :class:`ConfigError` that names the key.
+
+Types are the schemas' business (:mod:`balanceroute.config.backends`); these check ranges and combinations.
+"""
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from balanceroute.backends import ConfigError
+from balanceroute.config import ConfigError
+from balanceroute.config.backends import BenchConfig, StartedServerConfig
+from balanceroute.policies.dispatch import DISPATCH_MODES
 
 
 def check_positive(key: str, value: Any, *, integer: bool = False, allow_none: bool = False) -> None:
@@ -19,22 +25,9 @@ def check_positive(key: str, value: Any, *, integer: bool = False, allow_none: b
         raise ConfigError(f"{key}: must be {kind} > 0{' or null' if allow_none else ''}, got {value!r}")
 
 
-def check_keys(section: Mapping[str, Any], valid: Sequence[str], key: str) -> None:
-    """ConfigError naming ``key`` if ``section`` has keys outside ``valid`` (a typo would otherwise be ignored)."""
-    unknown = sorted(set(section) - set(valid))
-    if unknown:
-        raise ConfigError(f"{key}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-
-
-#: How requests reach the workers (``backend.dispatch``): routed when they arrive, or held in a central pool
-#: until a worker has a free slot (ALGORITHMS.md section 3).
-DISPATCH_MODES = ("on_arrival", "pool")
-
-
-def check_dispatch(section: Mapping[str, Any], backend: str, supported: Sequence[str], why: str = "") -> str:
-    """``section["dispatch"]`` if it is a dispatch mode ``backend`` can honour; else a ConfigError naming the
-    value (a study arm that needs the pool must not silently run another way on a backend without one)."""
-    mode = section.get("dispatch")
+def check_dispatch(mode: str, backend: str, supported: Sequence[str], why: str = "") -> str:
+    """``mode`` (``backend.dispatch``) if it is a dispatch mode ``backend`` can honour; else a ConfigError naming
+    the value (a study arm that needs the pool must not silently run another way on a backend without one)."""
     if mode not in DISPATCH_MODES:
         raise ConfigError(f"backend.dispatch: {mode!r} is not a dispatch mode; valid: {', '.join(DISPATCH_MODES)}")
     if mode not in supported:
@@ -43,33 +36,27 @@ def check_dispatch(section: Mapping[str, Any], backend: str, supported: Sequence
     return mode
 
 
-#: ``backend.bench`` keys of the live backends: the benchmark client's settings (:func:`balanceroute.bench.
-#: benchmark` arguments, ``endpoint`` the path sent to) and ``max_failed_fraction``, the share of failed requests
-#: above which the run ends non-zero (:func:`balanceroute.experiment.check_live_outcome`).
-BENCH_KEYS = ("endpoint", "stream", "ignore_eos", "max_concurrency", "warmup", "timeout_s", "stall_timeout_s",
-              "max_failed_fraction")
-#: ``backend.bench`` keys that are not benchmark arguments.
+#: ``backend.bench`` keys that are not :func:`balanceroute.bench.benchmark` arguments.
 _NOT_BENCH_ARGUMENTS = ("endpoint", "max_failed_fraction", "tokenizer")
 
 
-def check_bench(section: Mapping[str, Any], valid: Sequence[str] = BENCH_KEYS) -> None:
-    """The ``backend.bench`` section of a live backend: known keys, a stall timeout > 0 (or null) and a failure
-    fraction in [0, 1]."""
-    check_keys(section, valid, "backend.bench")
-    check_positive("backend.bench.stall_timeout_s", section["stall_timeout_s"], allow_none=True)
-    fraction = section["max_failed_fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
-        raise ConfigError(f"backend.bench.max_failed_fraction: must be a fraction in [0, 1], got {fraction!r}")
+def check_bench(bench: BenchConfig) -> None:
+    """``backend.bench`` of a live backend: a stall timeout > 0 (or null) and a failure fraction in [0, 1]."""
+    check_positive("backend.bench.stall_timeout_s", bench.stall_timeout_s, allow_none=True)
+    if not 0 <= bench.max_failed_fraction <= 1:
+        raise ConfigError(f"backend.bench.max_failed_fraction: must be a fraction in [0, 1], got "
+                          f"{bench.max_failed_fraction!r}")
 
 
-def bench_options(section: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def bench_options(bench: BenchConfig) -> tuple[str, dict[str, Any]]:
     """The endpoint path and the :func:`balanceroute.bench.benchmark` keyword arguments of ``backend.bench``."""
-    return section["endpoint"], {k: v for k, v in section.items() if k not in _NOT_BENCH_ARGUMENTS}
+    options = dataclasses.asdict(bench)
+    return bench.endpoint, {k: v for k, v in options.items() if k not in _NOT_BENCH_ARGUMENTS}
 
 
-def check_started_server(section: Mapping[str, Any], key: str) -> None:
+def check_started_server(server: StartedServerConfig, key: str) -> None:
     """The settings of a server a run starts and stops: ``port`` (null: a free one), ``ready_timeout_s``,
     ``stop_timeout_s``."""
-    check_positive(f"{key}.port", section["port"], integer=True, allow_none=True)
-    check_positive(f"{key}.ready_timeout_s", section["ready_timeout_s"])
-    check_positive(f"{key}.stop_timeout_s", section["stop_timeout_s"])
+    check_positive(f"{key}.port", server.port, integer=True, allow_none=True)
+    check_positive(f"{key}.ready_timeout_s", server.ready_timeout_s)
+    check_positive(f"{key}.stop_timeout_s", server.stop_timeout_s)

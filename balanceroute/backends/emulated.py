@@ -16,7 +16,7 @@ fleet's per-rank Prometheus counters over the run, as backend=vllm reports them)
 over the fleet's steps (``mean_imbalance``, ``mean_spread``, ``mean_kv_load``, ``barrier_idle_fraction``: the
 simulator's definitions; warm-up requests included) and the fleet's own statistics (``emulator_*``).
 
-Config sections read: ``model`` (preset and overrides, as backend=sim), ``parallel.dp``, ``backend``
+Sections read: ``model`` (preset and overrides, as backend=sim), ``parallel.dp``, ``backend``
 (conf/backend/emulated.yaml).
 """
 from __future__ import annotations
@@ -30,9 +30,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 
-from balanceroute.backends import ConfigError, RunOutput, RunSpec
+from balanceroute.backends import RunOutput, RunSpec
 from balanceroute.backends.checks import (
     bench_options,
     check_bench,
@@ -43,6 +42,9 @@ from balanceroute.backends.checks import (
 from balanceroute.backends.sim import model_preset
 from balanceroute.bench import WORKER_HEADER, benchmark
 from balanceroute.bench.result import BenchResult
+from balanceroute.config import ConfigError
+from balanceroute.config.backends import EmulatedBackendConfig
+from balanceroute.config.schema import ModelConfig, ParallelConfig
 from balanceroute.metrics import itl_from_token_times, summarize
 from balanceroute.serving import ENGINE_COUNTERS, ManagedServer, ServerError, engine_counter
 from balanceroute.sim.presets import get_preset
@@ -57,7 +59,7 @@ COMMAND = (sys.executable, "-m", "balanceroute.cli", "emulate")
 _TIME_COLUMNS = ("arrival_s", "first_token_s", "finish_s", "scheduled_s", "queue_s", "lateness_s")
 
 
-def free_port_block(host: str, count: int, attempts: int = 50) -> int:
+def free_port_block(host: str, count: int, attempts: int = 50, *, key: str = "backend") -> int:
     """A port P such that P .. P + count - 1 are all free now (the fleet binds its front end and ranks there)."""
     for _ in range(attempts):
         with socket.socket() as probe:
@@ -77,31 +79,32 @@ def free_port_block(host: str, count: int, attempts: int = 50) -> int:
         finally:
             for sock in socks:
                 sock.close()
-    raise ConfigError(f"backend.port: found no {count} consecutive free ports on {host}; set backend.port")
+    raise ConfigError(f"{key}.port: found no {count} consecutive free ports on {host}; set {key}.port")
 
 
 class EmulatedBackend:
     """Checks the backend settings and the model preset up front; starts, benchmarks and stops the fleet on run."""
 
-    def __init__(self, cfg: DictConfig) -> None:
-        backend = OmegaConf.to_container(cfg.backend, resolve=True)
-        self.preset = model_preset(cfg.model)
-        self.dp = int(cfg.parallel.dp)
-        if not isinstance(backend["barrier"], bool):
-            raise ConfigError(f"backend.barrier: must be true or false, got {backend['barrier']!r}")
-        check_positive("backend.time_scale", backend["time_scale"])
-        check_dispatch(backend, "emulated", ("on_arrival",), " (its DP front end routes each request when it "
-                       "arrives, as vLLM's; it has no central pool)")
-        check_started_server(backend, "backend")
-        check_bench(backend["bench"])
+    def __init__(self, backend: EmulatedBackendConfig, *, model: ModelConfig, parallel: ParallelConfig,
+                 key: str = "backend") -> None:
+        """``key`` is where ``backend`` sits in the configuration (the proxy backend's fleet is
+        ``backend.fleet``), for the messages."""
+        self.preset = model_preset(model)
+        self.dp = parallel.dp
+        check_positive(f"{key}.time_scale", backend.time_scale)
+        check_dispatch(backend.dispatch, "emulated", ("on_arrival",), " (its DP front end routes each request when "
+                       "it arrives, as vLLM's; it has no central pool)")
+        check_started_server(backend, key)
+        check_bench(backend.bench)
         self.backend = backend
-        self.scale = float(backend["time_scale"])
+        self.key = key
+        self.scale = float(backend.time_scale)
 
     def command(self, spec: RunSpec, port: int) -> list[str]:
         """``balanceroute emulate`` arguments for this run (model overrides and router parameters included)."""
         b = self.backend
-        cmd = [*COMMAND, "--ranks", str(self.dp), "--model", self.preset.name, "--host", b["host"],
-               "--port", str(port), "--barrier" if b["barrier"] else "--no-barrier", "--time-scale", repr(self.scale),
+        cmd = [*COMMAND, "--ranks", str(self.dp), "--model", self.preset.name, "--host", b.host,
+               "--port", str(port), "--barrier" if b.barrier else "--no-barrier", "--time-scale", repr(self.scale),
                "--router", spec.router["name"], "--seed", str(spec.seed)]
         base = dataclasses.asdict(get_preset(self.preset.name))
         for key, value in dataclasses.asdict(self.preset).items():
@@ -112,14 +115,14 @@ class EmulatedBackend:
                 cmd += ["--router-param", f"{key}={json.dumps(value)}"]
         return cmd
 
-    def fleet_server(self, spec: RunSpec, *, key: str = "backend") -> ManagedServer:
+    def fleet_server(self, spec: RunSpec) -> ManagedServer:
         """The fleet for ``spec`` as a managed server, not started: front end at ``url``, rank g's own endpoint on
-        port ``port + 1 + g``. ``key`` is where this config section sits (for the messages)."""
+        port ``port + 1 + g``."""
         b = self.backend
-        port = b["port"] or free_port_block(b["host"], self.dp + 1)
-        return ManagedServer("balanceroute emulate", self.command(spec, port), spec.run_dir / FLEET_LOG, b["host"],
-                             port, cwd=spec.run_dir, ready_timeout_s=b["ready_timeout_s"],
-                             stop_grace_s=b["stop_timeout_s"], timeout_hint=f"raise {key}.ready_timeout_s")
+        port = b.port or free_port_block(b.host, self.dp + 1, key=self.key)
+        return ManagedServer("balanceroute emulate", self.command(spec, port), spec.run_dir / FLEET_LOG, b.host,
+                             port, cwd=spec.run_dir, ready_timeout_s=b.ready_timeout_s,
+                             stop_grace_s=b.stop_timeout_s, timeout_hint=f"raise {self.key}.ready_timeout_s")
 
     def scaled(self, workload: Workload) -> Workload:
         """``workload`` on the fleet's wall clock: arrivals spread by the time scale."""
@@ -131,7 +134,7 @@ class EmulatedBackend:
         b = self.backend
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         fleet = self.fleet_server(spec)
-        endpoint, bench = bench_options(b["bench"])
+        endpoint, bench = bench_options(b.bench)
         workload = self.scaled(spec.workload)
         try:
             with fleet:
@@ -155,7 +158,7 @@ class EmulatedBackend:
         if balance:  # the barrier's per-step KV balance, the simulator's definition
             summary.update({k: v for k, v in balance.items() if k != "num_workers"})
         summary.update({f"emulator_{k}": v for k, v in stats.items()})
-        summary.update(backend="emulated", model=self.preset.name, barrier=b["barrier"], time_scale=self.scale,
+        summary.update(backend="emulated", model=self.preset.name, barrier=b.barrier, time_scale=self.scale,
                        num_workers=self.dp)
         return RunOutput(summary=summary, requests=requests, timeline=None)
 

@@ -16,29 +16,30 @@ balance of its tracked loads sampled at every routing decision (``mean_imbalance
 ``mean_kv_load``, ``balance_sampled_at``) from its /stats. With the emulated fleet, ``backend.fleet.time_scale`` works as in backend=emulated (arrivals spread by X,
 measured times divided by X).
 
-Config sections read: ``backend`` (conf/backend/proxy.yaml); with the emulated fleet also ``model`` and
+Sections read: ``backend`` (conf/backend/proxy.yaml); with the emulated fleet also ``model`` and
 ``parallel`` (as backend=emulated).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 
-from omegaconf import DictConfig, OmegaConf, open_dict
-
-from balanceroute.backends import ConfigError, RunOutput, RunSpec
+from balanceroute.backends import RunOutput, RunSpec
 from balanceroute.backends.checks import (
-    DISPATCH_MODES,
     bench_options,
     check_bench,
     check_dispatch,
-    check_keys,
     check_positive,
     check_started_server,
 )
 from balanceroute.backends.emulated import EmulatedBackend, rescale
 from balanceroute.bench import WORKER_HEADER, benchmark
+from balanceroute.config import ConfigError
+from balanceroute.config.backends import EmulatedBackendConfig, ProxyBackendConfig
+from balanceroute.config.schema import ModelConfig, ParallelConfig
+from balanceroute.policies.dispatch import DISPATCH_MODES
 from balanceroute.proxy.telemetry import OUTCOMES
 from balanceroute.proxy.upstreams import check_targets
 from balanceroute.serving import ManagedServer, ServerError, free_port
@@ -47,39 +48,36 @@ log = logging.getLogger(__name__)
 
 PROXY_LOG = "proxy.log"
 COMMAND = (sys.executable, "-m", "balanceroute.cli", "proxy")
-_BACKEND_KEYS = ("name", "dispatch", "targets", "model_name", "fleet", "proxy", "bench")
-_PROXY_KEYS = ("max_num_seqs", "host", "port", "health_interval_s", "ready_timeout_s",
-               "stop_timeout_s")
 
 
 class ProxyBackend:
-    """Checks the targets or the fleet, the proxy settings and the bench keys up front; runs on :meth:`run`."""
+    """Checks the targets or the fleet and the proxy settings up front; runs on :meth:`run`."""
 
-    def __init__(self, cfg: DictConfig) -> None:
-        backend = OmegaConf.to_container(cfg.backend, resolve=True)
-        proxy = backend["proxy"]
-        check_keys(backend, _BACKEND_KEYS, "backend")
-        check_keys(proxy, _PROXY_KEYS, "backend.proxy")
-        check_bench(backend["bench"])
-        self.dispatch = check_dispatch(backend, "proxy", DISPATCH_MODES)
-        check_positive("backend.proxy.max_num_seqs", proxy["max_num_seqs"], integer=True, allow_none=True)
-        check_positive("backend.proxy.health_interval_s", proxy["health_interval_s"])
+    def __init__(self, backend: ProxyBackendConfig, *, model: ModelConfig, parallel: ParallelConfig) -> None:
+        proxy = backend.proxy
+        check_bench(backend.bench)
+        self.dispatch = check_dispatch(backend.dispatch, "proxy", DISPATCH_MODES)
+        check_positive("backend.proxy.max_num_seqs", proxy.max_num_seqs, integer=True, allow_none=True)
+        check_positive("backend.proxy.health_interval_s", proxy.health_interval_s)
         check_started_server(proxy, "backend.proxy")
         self.fleet: EmulatedBackend | None = None
-        if backend["targets"]:
+        if backend.targets:
             try:
-                self.targets = list(check_targets(backend["targets"]))
+                self.targets = list(check_targets(backend.targets))
             except ValueError as exc:
                 raise ConfigError(f"backend.targets: {exc}") from None
-            if not backend["model_name"]:
+            if not backend.model_name:
                 raise ConfigError("backend.model_name: give the model name the targets serve (requests name it)")
-            self.model_name = str(backend["model_name"])
-            self.max_num_seqs = proxy["max_num_seqs"]
+            self.model_name = backend.model_name
+            self.max_num_seqs = proxy.max_num_seqs
         else:
-            self.fleet = EmulatedBackend(_fleet_config(cfg))  # validates the fleet's section and the preset
+            # The proxy routes; the fleet's own front end is not used, so it never holds a pool.
+            fleet = EmulatedBackendConfig(**dataclasses.asdict(backend.fleet), dispatch="on_arrival",
+                                          bench=backend.bench)
+            self.fleet = EmulatedBackend(fleet, model=model, parallel=parallel, key="backend.fleet")
             self.targets = []
-            self.model_name = str(backend["model_name"] or self.fleet.preset.name)
-            self.max_num_seqs = proxy["max_num_seqs"] or self.fleet.preset.max_num_seqs
+            self.model_name = backend.model_name or self.fleet.preset.name
+            self.max_num_seqs = proxy.max_num_seqs or self.fleet.preset.max_num_seqs
         if self.dispatch == "pool" and self.max_num_seqs is None:
             raise ConfigError("backend.proxy.max_num_seqs: pool dispatch needs the targets' slots (their "
                               "--max-num-seqs)")
@@ -91,8 +89,8 @@ class ProxyBackend:
         """``balanceroute proxy`` arguments for this run."""
         p = self.proxy
         cmd = [*COMMAND, "--targets", ",".join(targets), "--router", spec.router["name"], "--seed", str(spec.seed),
-               "--dispatch", self.dispatch, "--host", p["host"], "--port", str(port),
-               "--health-interval", repr(float(p["health_interval_s"]))]
+               "--dispatch", self.dispatch, "--host", p.host, "--port", str(port),
+               "--health-interval", repr(float(p.health_interval_s))]
         if self.max_num_seqs is not None:
             cmd += ["--max-num-seqs", str(self.max_num_seqs)]
         for key, value in spec.router.items():
@@ -105,17 +103,17 @@ class ProxyBackend:
         servers: list[ManagedServer] = []
         targets = self.targets
         if self.fleet is not None:
-            fleet = self.fleet.fleet_server(spec, key="backend.fleet")
+            fleet = self.fleet.fleet_server(spec)
             servers.append(fleet)
             host = fleet.url.rsplit(":", 1)[0]
             targets = [f"{host}:{fleet.port + 1 + g}" for g in range(self.fleet.dp)]
         p = self.proxy
-        port = p["port"] or free_port(p["host"])
+        port = p.port or free_port(p.host)
         proxy = ManagedServer("balanceroute proxy", self.proxy_command(spec, targets, port), spec.run_dir / PROXY_LOG,
-                              p["host"], port, cwd=spec.run_dir, ready_timeout_s=p["ready_timeout_s"],
-                              stop_grace_s=p["stop_timeout_s"], timeout_hint="raise backend.proxy.ready_timeout_s")
+                              p.host, port, cwd=spec.run_dir, ready_timeout_s=p.ready_timeout_s,
+                              stop_grace_s=p.stop_timeout_s, timeout_hint="raise backend.proxy.ready_timeout_s")
         servers.append(proxy)
-        endpoint, bench = bench_options(self.backend["bench"])
+        endpoint, bench = bench_options(self.backend.bench)
         workload = spec.workload if self.fleet is None else self.fleet.scaled(spec.workload)
         started: list[ManagedServer] = []
         try:
@@ -141,12 +139,3 @@ class ProxyBackend:
                        dispatch=self.dispatch, time_scale=self.scale)
         return RunOutput(summary=summary, requests=requests, timeline=None)
 
-
-def _fleet_config(cfg: DictConfig) -> DictConfig:
-    """The run's config with ``backend`` replaced by what backend=emulated reads: the fleet section and the bench."""
-    fleet = cfg.copy()
-    with open_dict(fleet):
-        fleet.backend = {**OmegaConf.to_container(cfg.backend.fleet, resolve=True), "name": "emulated",
-                         "dispatch": "on_arrival",  # the proxy routes; the fleet's own front end is not used
-                         "bench": OmegaConf.to_container(cfg.backend.bench, resolve=True)}
-    return fleet

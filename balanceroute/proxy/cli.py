@@ -16,7 +16,7 @@ import sys
 
 from balanceroute.cli_args import int_at_least, key_value, positive_number
 from balanceroute.policies import available_policies
-from balanceroute.proxy.dispatch import DISPATCH_MODES
+from balanceroute.policies.dispatch import DISPATCH_MODES
 from balanceroute.proxy.server import ProxyConfig, RoutingProxy
 from balanceroute.proxy.service import serve
 

@@ -9,8 +9,8 @@ Pool mode holds requests in the proxy, oldest first, and runs a placement round 
 policy's ``assign``: br0's two-stage pool form, bf_io, or FCFS over ``choose`` for the others) whenever something
 changes: a request arrives, a request releases its slot, a backend comes back. A backend's slots are
 ``max_num_seqs`` minus the requests the proxy has in flight there. A round shows the policy the
-:data:`POOL_WINDOW` oldest waiting requests, as the simulator's pool does (``SimConfig.pool_window``), so its cost
-does not grow with the queue.
+:data:`~balanceroute.policies.dispatch.POOL_WINDOW` oldest waiting requests, as the simulator's pool does, so its
+cost does not grow with the queue.
 """
 from __future__ import annotations
 
@@ -23,10 +23,7 @@ import numpy as np
 
 from balanceroute.load import LoadTracker, Router
 from balanceroute.policies import PendingRequests, Policy
-
-DISPATCH_MODES = ("on_arrival", "pool")
-#: Waiting requests a pool round considers at most (the oldest ones).
-POOL_WINDOW = 1024
+from balanceroute.policies.dispatch import DISPATCH_MODES, POOL_WINDOW
 
 
 class NoLiveBackendError(RuntimeError):

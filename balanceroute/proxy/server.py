@@ -44,8 +44,9 @@ from balanceroute.bench.endpoint import WORKER_HEADER
 from balanceroute.bench.prompts import TextTokenizer
 from balanceroute.load import LoadTracker
 from balanceroute.policies import make_policy
+from balanceroute.policies.dispatch import DISPATCH_MODES
 from balanceroute.proxy.accounting import StreamAccount, Ticket
-from balanceroute.proxy.dispatch import DISPATCH_MODES, LiveRouter, NoLiveBackendError, make_dispatcher
+from balanceroute.proxy.dispatch import LiveRouter, NoLiveBackendError, make_dispatcher
 from balanceroute.proxy.prompt import PromptCounter, prompt_parts
 from balanceroute.proxy.telemetry import Telemetry
 from balanceroute.proxy.upstreams import HealthMonitor, Upstreams, check_targets

@@ -6,7 +6,7 @@
     result.summary["p95_tpot_ms"], result.requests, result.timeline
 """
 from balanceroute.sim.presets import PRESETS, ModelPreset, get_preset
-from balanceroute.sim.simulator import DISPATCH_MODES, PREFILL_MODES, SimConfig, SimResult, simulate
+from balanceroute.sim.simulator import PREFILL_MODES, SimConfig, SimResult, simulate
 
-__all__ = ["DISPATCH_MODES", "PREFILL_MODES", "PRESETS", "ModelPreset", "SimConfig", "SimResult", "get_preset",
+__all__ = ["PREFILL_MODES", "PRESETS", "ModelPreset", "SimConfig", "SimResult", "get_preset",
            "simulate"]

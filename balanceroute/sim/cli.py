@@ -19,9 +19,10 @@ from typing import Any
 
 from balanceroute.cli_args import key_value
 from balanceroute.policies import Policy, make_policy
+from balanceroute.policies.dispatch import DISPATCH_MODES
 from balanceroute.results import jsonable, write_run_files
 from balanceroute.sim.presets import PRESETS, get_preset
-from balanceroute.sim.simulator import DISPATCH_MODES, PREFILL_MODES, SimConfig, simulate
+from balanceroute.sim.simulator import PREFILL_MODES, SimConfig, simulate
 from balanceroute.steady import steady_metrics
 from balanceroute.workload import Workload, load_azure_trace, synthetic
 

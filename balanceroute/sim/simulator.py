@@ -44,6 +44,7 @@ from tqdm import tqdm
 from balanceroute.load import LoadTracker, Router
 from balanceroute.metrics import BalanceAccumulator, records_frame, summarize
 from balanceroute.policies import PendingRequests, Policy
+from balanceroute.policies.dispatch import DISPATCH_MODES, POOL_WINDOW
 from balanceroute.sim.group import RID, C, J, StepGroup, W
 from balanceroute.sim.pool import CentralPool
 from balanceroute.sim.prefill import prefill_completion
@@ -64,7 +65,6 @@ from balanceroute.workload import Workload
 
 log = logging.getLogger(__name__)
 
-DISPATCH_MODES = ("on_arrival", "pool")
 PREFILL_MODES = ("colocated", "disaggregated")
 
 
@@ -97,7 +97,7 @@ class SimConfig:
     horizon_s: float | None = None
     seed: int = 0
     timeline_max_rows: int = 100_000
-    pool_window: int = 1024
+    pool_window: int = POOL_WINDOW
     check_invariants: bool = False
 
     def __post_init__(self) -> None:

@@ -41,7 +41,7 @@ ARTIFACT_FILES = (RESULT_FILE, REQUESTS_FILE, TIMELINE_FILE, ".hydra/config.yaml
 LOAD_PREFIX = "load/"
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: it is also the schema of the logger section, which Hydra fills in
 class WandbOptions:
     """The ``logger`` config group for ``name: wandb`` (see conf/logger/wandb.yaml for what each key means)."""
 

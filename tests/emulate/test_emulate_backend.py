@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from balanceroute.backends import ConfigError, emulated, make_backend
-from balanceroute.experiment import run_experiment
+from balanceroute.backends import emulated, make_backend
+from balanceroute.config import ConfigError
+from balanceroute.experiment import check_config, run_experiment
 
 RUN = ("model=qwen3_30b_a3b", "parallel.dp=4", "router=jsq_load", "rate=8", "workload.num_requests=120",
        "workload.prompt_mean=400", "workload.output_mean=60")
@@ -46,19 +47,19 @@ def test_an_emulated_run_agrees_with_the_simulator(compose, tmp_path):
 def test_bad_backend_settings_fail_before_any_work(compose):
     cfg = compose([*RUN, "backend=emulated", "backend.time_scale=0"])
     with pytest.raises(ConfigError, match="backend.time_scale: must be a number > 0"):
-        make_backend(cfg)
+        make_backend(check_config(cfg))
     cfg = compose([*RUN, "backend=emulated", "+backend.bench.tokenizer=x"])
-    with pytest.raises(ConfigError, match="backend.bench: unknown key"):
-        make_backend(cfg)
+    with pytest.raises(ConfigError, match="backend.bench.tokenizer: unknown key; backend.bench has endpoint,"):
+        make_backend(check_config(cfg))
 
 
 def test_the_fleet_command_carries_model_overrides_and_router_parameters(compose, tmp_path):
     from balanceroute.backends import RunSpec
     from balanceroute.workload import synthetic
     cfg = compose([*RUN, "backend=emulated", "model.b=0", "backend.time_scale=2", "parallel.ep=false"])
-    backend = make_backend(cfg)
+    backend = make_backend(check_config(cfg))
     spec = RunSpec(workload=synthetic(2, rate=1.0), policy=None, router={"name": "fast_phi", "k": 3}, seed=5,
                    run_dir=tmp_path)
     cmd = backend.command(spec, 9000)[len(emulated.COMMAND):]
     assert " ".join(cmd) == ("--ranks 4 --model qwen3_30b_a3b --host 127.0.0.1 --port 9000 --no-barrier "
-                             "--time-scale 2.0 --router fast_phi --seed 5 --model-param b=0 --router-param k=3")
+                             "--time-scale 2.0 --router fast_phi --seed 5 --model-param b=0.0 --router-param k=3")

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from balanceroute.backends import ConfigError, make_backend
-from balanceroute.experiment import RunFailed, check_live_outcome, run_experiment
+from balanceroute.backends import make_backend
+from balanceroute.config import ConfigError
+from balanceroute.experiment import RunFailed, check_config, check_live_outcome, run_experiment
 
 #: A moderate load (TPOT ~7 ms modelled), twice as fast as the modelled GPU: the workload takes ~1.5 s.
 RUN = ("model=qwen3_30b_a3b", "parallel.dp=3", "parallel.ep=false", "router=jsq_load", "rate=20",
@@ -47,16 +48,16 @@ def test_bad_proxy_settings_fail_before_any_work(compose):
     cfg = compose(["backend=proxy", *RUN, "backend.dispatch=later"])
     with pytest.raises(ConfigError, match="backend.dispatch: 'later' is not a dispatch mode; valid: "
                                           "on_arrival, pool"):
-        make_backend(cfg)
+        make_backend(check_config(cfg))
     cfg = compose(["backend=proxy", *RUN, "backend.targets=[localhost:8000]"])
     with pytest.raises(ConfigError, match="backend.targets: target 'localhost:8000' is not a backend base URL"):
-        make_backend(cfg)
+        make_backend(check_config(cfg))
     cfg = compose(["backend=proxy", *RUN, "backend.targets=[http://127.0.0.1:8001]"])
     with pytest.raises(ConfigError, match="backend.model_name"):
-        make_backend(cfg)
+        make_backend(check_config(cfg))
     cfg = compose(["backend=proxy", *RUN, "backend.fleet.time_scale=0"])
-    with pytest.raises(ConfigError, match="backend.time_scale: must be a number > 0"):
-        make_backend(cfg)
+    with pytest.raises(ConfigError, match="backend.fleet.time_scale: must be a number > 0"):
+        make_backend(check_config(cfg))
 
 
 def test_a_live_run_whose_requests_fail_ends_non_zero_with_one_line_and_keeps_its_result(tmp_path, run_py):
@@ -76,23 +77,23 @@ def test_a_live_run_whose_requests_fail_ends_non_zero_with_one_line_and_keeps_it
 def test_live_run_limits_are_validated(compose):
     with pytest.raises(ConfigError, match=r"^backend.bench.max_failed_fraction: must be a fraction in \[0, 1\], "
                                           r"got 1.5"):
-        make_backend(compose(["backend=proxy", "backend.bench.max_failed_fraction=1.5"]))
+        make_backend(check_config(compose(["backend=proxy", "backend.bench.max_failed_fraction=1.5"])))
     with pytest.raises(ConfigError, match=r"^backend.bench.stall_timeout_s: must be a number > 0 or null, got 0"):
-        make_backend(compose(["backend=emulated", "backend.bench.stall_timeout_s=0"]))
+        make_backend(check_config(compose(["backend=emulated", "backend.bench.stall_timeout_s=0"])))
 
 
 @pytest.mark.parametrize("result, message", [
     ({"num_requests": 10, "completed": 4, "failed": 6, "error_counts": {"http_503": 6}},
      "backend=proxy: 4/10 completed, 6 failed (http_503: 6): more than backend.bench.max_failed_fraction=0.5"),
     ({"num_requests": 10, "completed": 3, "failed": 0, "stalled": True},
-     "backend=proxy: 3/10 completed, 0 failed; stalled: nothing finished for backend.bench.stall_timeout_s=120 s"),
+     "backend=proxy: 3/10 completed, 0 failed; stalled: nothing finished for backend.bench.stall_timeout_s=120.0 s"),
     ({"num_requests": 10, "completed": 5, "failed": 5}, None),  # at the limit: a measurement, with its failures
 ])
 def test_which_live_outcomes_fail_the_run(compose, tmp_path, result, message):
     cfg = compose(["backend=proxy"])
     if message is None:
-        check_live_outcome(cfg, result, tmp_path)
+        check_live_outcome(check_config(cfg), result, tmp_path)
         return
     with pytest.raises(RunFailed, match=f"^{re.escape(message)}"):
-        check_live_outcome(cfg, result, tmp_path)
-    check_live_outcome(compose(["backend=sim"]), result, tmp_path)  # the simulator's failures are outcomes
+        check_live_outcome(check_config(cfg), result, tmp_path)
+    check_live_outcome(check_config(compose(["backend=sim"])), result, tmp_path)  # the simulator's failures are outcomes

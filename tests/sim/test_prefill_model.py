@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from sim_helpers import run, workload
 
 from balanceroute.backends.sim import model_preset
+from balanceroute.experiment import check_config
 from balanceroute.sim.prefill import prefill_completion
 from balanceroute.sim.presets import TINY
 
@@ -131,5 +132,5 @@ def test_prefill_pool_rate_defaults_to_ample_and_is_validated():
 
 def test_prefill_pool_rate_is_a_model_config_override(compose):
     cfg = compose(["model=tiny", "model.prefill_pool_tokens_per_s=5000"])
-    assert model_preset(cfg.model).prefill_pool_tokens_per_s == 5000
-    assert model_preset(compose(["model=tiny"]).model).prefill_pool_tokens_per_s is None
+    assert model_preset(check_config(cfg).model).prefill_pool_tokens_per_s == 5000
+    assert model_preset(check_config(compose(["model=tiny"])).model).prefill_pool_tokens_per_s is None

@@ -7,7 +7,9 @@ import venv as venv_module
 
 import pytest
 
-from balanceroute.backends import ConfigError, make_backend
+from balanceroute.backends import make_backend
+from balanceroute.config import ConfigError
+from balanceroute.experiment import check_config
 from balanceroute.serving import ServerError, VllmServer, engine_counter, free_port, option_args, serve_command
 
 
@@ -90,14 +92,15 @@ def fake_vllm(tmp_path):
      "backend.api_server_count: must be an integer > 0 or null, got 0"),
     (["model=tiny_dense", "model.vllm.model=/m", "backend.ready_timeout_s=-1"],
      "backend.ready_timeout_s: must be a number > 0, got -1"),
-    (["model=tiny_dense", "model.vllm.model=/m", "+backend.bench.rate=3"], "backend.bench: unknown key(s) rate"),
+    (["model=tiny_dense", "model.vllm.model=/m", "+backend.bench.rate=3"],
+     "backend.bench.rate: unknown key; backend.bench has endpoint, stream,"),
     (["model=tiny_dense", "model.vllm.model=/m", "backend.multinode=mpi"],
      "backend.multinode: unknown multi-node mode 'mpi'; valid modes: ray, native"),
 ])
 def test_bad_settings_name_the_key(overrides, message, compose, fake_vllm):
     cfg = compose(["backend=vllm", f"backend.vllm_bin={fake_vllm}", *overrides])
     with pytest.raises(ConfigError) as err:
-        make_backend(cfg)
+        make_backend(check_config(cfg))
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
@@ -105,12 +108,13 @@ def test_a_vllm_environment_without_the_plugin_is_refused_before_starting(compos
     cfg = compose(["backend=vllm", "model=tiny_dense", "model.vllm.model=/m", f"backend.vllm_bin={fake_vllm}",
                    f"backend.python={bare_python}"])
     with pytest.raises(ConfigError) as err:
-        make_backend(cfg)
+        make_backend(check_config(cfg))
     assert str(err.value).startswith("backend.python: BALANCEROUTE_DP_ROUTER would be ignored: the vLLM "
                                      f"environment ({bare_python}) does not have balanceroute's")
     assert "install -e" in str(err.value)
-    make_backend(compose(["backend=vllm", "model=tiny_dense", "model.vllm.model=/m", f"backend.vllm_bin={fake_vllm}",
-                          f"backend.python={bare_python}", "backend.plugin=false"]))  # unpatched vLLM: no check
+    unpatched = compose(["backend=vllm", "model=tiny_dense", "model.vllm.model=/m", f"backend.vllm_bin={fake_vllm}",
+                         f"backend.python={bare_python}", "backend.plugin=false"])
+    make_backend(check_config(unpatched))  # unpatched vLLM: no check
 
 
 def test_backend_builds_the_server_with_the_router_environment(compose, fake_vllm, tmp_path):
@@ -119,16 +123,17 @@ def test_backend_builds_the_server_with_the_router_environment(compose, fake_vll
     cfg = compose(["backend=vllm", "model=tiny_moe", "model.vllm.model=/m", f"backend.vllm_bin={fake_vllm}",
                    "backend.plugin=false", "router=fast_phi", "router.K=4", "parallel.dp=2", "seed=5",
                    "+backend.env.VLLM_CPU_KVCACHE_SPACE=1", "backend.port=8555"])
-    backend = make_backend(cfg)
-    backend.backend["plugin"] = True  # as if checked: build the server's environment with the router
-    spec = RunSpec(workload=build_workload(cfg), policy=build_policy(cfg), router=router_params(cfg), seed=5,
-                   run_dir=tmp_path)
+    run = check_config(cfg)
+    backend = make_backend(run)
+    backend.backend.plugin = True  # as if checked: build the server's environment with the router
+    spec = RunSpec(workload=build_workload(run.workload), policy=build_policy(run), router=router_params(run),
+                   seed=5, run_dir=tmp_path)
     server = backend.server(spec)
     assert server.port == 8555 and server.cwd == tmp_path and server.log_path == tmp_path / "vllm_server.log"
     assert server.env["BALANCEROUTE_DP_ROUTER"] == "fast_phi" and server.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert '"K": 4' in server.env["BALANCEROUTE_DP_ROUTER_PARAMS"] and '"seed": 5' in server.env[
         "BALANCEROUTE_DP_ROUTER_PARAMS"]
     assert server.env["BALANCEROUTE_DECISION_LOG"] == str(tmp_path.absolute() / "decisions.jsonl")
-    backend.backend["plugin"] = False
+    backend.backend.plugin = False
     assert backend.server(spec).env["BALANCEROUTE_DP_ROUTER"] == ""  # unpatched even if the caller's env names one
     assert "--enable-expert-parallel" in server.command and "--data-parallel-size" in server.command
