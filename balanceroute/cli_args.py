@@ -7,37 +7,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Callable
 from typing import Any
+
+from balanceroute.policies.checks import int_problem, number_problem
 
 
 def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An integer >= ``minimum`` (and <= ``maximum`` when given)."""
-    valid = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            value = None
-        if value is None or value < minimum or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be {valid}, got {text!r}")
+            value = text
+        if int_problem(value, minimum, maximum):
+            raise argparse.ArgumentTypeError(int_problem(text, minimum, maximum))
         return value
     return parse
 
 
 def positive_number(*, finite: bool = True) -> Callable[[str], float]:
     """A number > 0; ``inf`` too unless ``finite``."""
-    valid = "a number > 0" if finite else "a number > 0 or inf"
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            value = math.nan
-        if not value > 0 or (finite and math.isinf(value)):
-            raise argparse.ArgumentTypeError(f"must be {valid}, got {text!r}")
+            value = text
+        if number_problem(value, 0, low_open=True, allow_inf=not finite):
+            raise argparse.ArgumentTypeError(number_problem(text, 0, low_open=True, allow_inf=not finite))
         return value
     return parse
 

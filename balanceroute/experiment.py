@@ -37,6 +37,7 @@ from balanceroute.backends import RunSpec, make_backend
 from balanceroute.config import ConfigError, RunConfig, config_key, typed_config
 from balanceroute.config_hash import NOT_RUN_DEFINING, canonical, config_hash, run_defining
 from balanceroute.policies import Policy, available_policies
+from balanceroute.policies.checks import int_problem
 from balanceroute.results import RESULT_FILE, read_result, set_aside
 from balanceroute.serving import slurm_job_id
 from balanceroute.steady import steady_metrics
@@ -85,8 +86,9 @@ HEADLINE = (("output_throughput", "output tok/s", "{:.0f}"), ("p95_ttft_ms", "TT
 
 # ---- validation -------------------------------------------------------------------------------------------------
 def _check_int(key: str, value: Any, minimum: int, what: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{key}: must be an integer >= {minimum}{what}, got {value!r}")
+    problem = int_problem(value, minimum)
+    if problem:
+        raise ConfigError(f"{key}: {problem.replace(', got', f'{what}, got', 1)}")
 
 
 def _missing_keys(cfg: DictConfig) -> list[str]:

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from balanceroute.policies.checks import int_problem, number_problem
+
 #: Columns of a step trace: step start (s), step length (s), imbalance (tokens), summed barrier wait of the
 #: workers (s), running requests over all workers, output tokens sampled in the step.
 STEP_COLUMNS = ("start_s", "step_s", "imbalance", "idle_s", "running", "tokens")
@@ -46,15 +48,15 @@ class SteadyWindow:
 
     def __post_init__(self) -> None:
         for name in ("warmup_fraction", "cooldown_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"{name} must be a fraction of the run in [0, 1), got {value!r}")
+            problem = number_problem(getattr(self, name), 0, 1, high_open=True)
+            if problem:
+                raise ValueError(f"{name} (a fraction of the run) {problem}")
         if self.warmup_fraction + self.cooldown_fraction >= 1:
             raise ValueError(f"warmup_fraction + cooldown_fraction must be < 1 (something must be left), got "
                              f"{self.warmup_fraction} + {self.cooldown_fraction}")
-        value = self.min_saturated_steps
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"min_saturated_steps must be an integer >= 1, got {value!r}")
+        problem = int_problem(self.min_saturated_steps, 1)
+        if problem:
+            raise ValueError(f"min_saturated_steps {problem}")
 
 
 class StepTrace:
@@ -147,9 +149,10 @@ def _tpot_inside(first: np.ndarray, last: np.ndarray, out: np.ndarray, start: fl
 
 
 def steady_metrics(requests: pd.DataFrame, steps: pd.DataFrame | None, *, num_workers: int,
-                   slots_per_worker: int | None, window: SteadyWindow = SteadyWindow()) -> dict[str, Any]:
+                   slots_per_worker: int | None, window: SteadyWindow | None = None) -> dict[str, Any]:
     """The ``steady_*`` keys of result.json (module docstring) from the per-request records and, where the
-    backend has one, its step trace (:meth:`StepTrace.frame`)."""
+    backend has one, its step trace (:meth:`StepTrace.frame`); ``window``: the defaults when None."""
+    window = window or SteadyWindow()
     has_steps = steps is not None and len(steps) > 0 and slots_per_worker is not None
     span = saturated_span(steps, num_workers * slots_per_worker, window.min_saturated_steps) if has_steps else None
     if span is not None:

@@ -135,7 +135,7 @@ def test_sim_backend_builds_from_the_config(compose):
     ("+logger.projct=x", "logger.projct: unknown key; logger has name"),
     ("+foo=1", "foo: unknown key; the configuration has name, rate, seed,"),
     ("+steady.warmup=0.2", "steady.warmup: unknown key; steady has warmup_fraction,"),
-    ("steady.warmup_fraction=1.5", "steady: warmup_fraction must be a fraction of the run in [0, 1), got 1.5"),
+    ("steady.warmup_fraction=1.5", "steady: warmup_fraction (a fraction of the run) must be a number in [0, 1), got 1.5"),
 ])
 def test_bad_values_name_the_key(override, message, compose):
     with pytest.raises(ConfigError) as err:

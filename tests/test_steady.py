@@ -73,8 +73,8 @@ def test_without_a_step_trace_tokens_are_spread_over_each_request_decode():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"warmup_fraction": 1.0}, r"warmup_fraction must be a fraction of the run in \[0, 1\), got 1.0"),
-    ({"cooldown_fraction": -0.1}, r"cooldown_fraction must be a fraction"),
+    ({"warmup_fraction": 1.0}, r"warmup_fraction \(a fraction of the run\) must be a number in \[0, 1\), got 1.0"),
+    ({"cooldown_fraction": -0.1}, r"cooldown_fraction \(a fraction of the run\) must be a number"),
     ({"warmup_fraction": 0.6, "cooldown_fraction": 0.5}, r"warmup_fraction \+ cooldown_fraction must be < 1"),
     ({"min_saturated_steps": 0}, r"min_saturated_steps must be an integer >= 1, got 0"),
 ])

@@ -5,24 +5,23 @@ Types are the schemas' business (:mod:`balanceroute.config.backends`); these che
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from balanceroute.config import ConfigError
 from balanceroute.config.backends import BenchConfig, StartedServerConfig
+from balanceroute.policies.checks import int_problem, number_problem
 from balanceroute.policies.dispatch import DISPATCH_MODES
 
 
 def check_positive(key: str, value: Any, *, integer: bool = False, allow_none: bool = False) -> None:
-    """ConfigError naming ``key`` unless ``value`` is a finite number > 0 (an int with ``integer``; None allowed
-    with ``allow_none``)."""
+    """ConfigError naming ``key`` unless ``value`` is a finite number > 0 (an integer >= 1 with ``integer``; None
+    allowed with ``allow_none``)."""
     if value is None and allow_none:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
-    if not ok or (integer and not isinstance(value, int)):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{key}: must be {kind} > 0{' or null' if allow_none else ''}, got {value!r}")
+    problem = int_problem(value, 1) if integer else number_problem(value, 0, low_open=True)
+    if problem:
+        raise ConfigError(f"{key}: {problem.replace(', got', ' or null, got', 1) if allow_none else problem}")
 
 
 def check_dispatch(mode: str, backend: str, supported: Sequence[str], why: str = "") -> str:
@@ -43,9 +42,9 @@ _NOT_BENCH_ARGUMENTS = ("endpoint", "max_failed_fraction", "tokenizer")
 def check_bench(bench: BenchConfig) -> None:
     """``backend.bench`` of a live backend: a stall timeout > 0 (or null) and a failure fraction in [0, 1]."""
     check_positive("backend.bench.stall_timeout_s", bench.stall_timeout_s, allow_none=True)
-    if not 0 <= bench.max_failed_fraction <= 1:
-        raise ConfigError(f"backend.bench.max_failed_fraction: must be a fraction in [0, 1], got "
-                          f"{bench.max_failed_fraction!r}")
+    problem = number_problem(bench.max_failed_fraction, 0, 1)
+    if problem:
+        raise ConfigError(f"backend.bench.max_failed_fraction: {problem}")
 
 
 def bench_options(bench: BenchConfig) -> tuple[str, dict[str, Any]]:

@@ -47,6 +47,11 @@ def number_problem(value: Any, low: float, high: float = math.inf, *, low_open: 
     return f"must be a number {bound}{' (or inf)' if allow_inf else ''}, got {value!r}"
 
 
+def bool_problem(value: Any) -> str | None:
+    """Why ``value`` is not true or false (0 and 1 are not), or None."""
+    return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+
+
 def choice_problem(value: Any, choices: Sequence[str]) -> str | None:
     """Why ``value`` is not one of ``choices``, or None."""
     return None if value in choices else f"must be one of {', '.join(choices)}; got {value!r}"

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 from typing import Callable, ClassVar, TypeVar
 
 import numpy as np
 
 from balanceroute.policies.base import Assignment, ClusterSnapshot, PendingRequests
+from balanceroute.policies.checks import choice_problem, int_problem, number_problem
 
 _REGISTRY: dict[str, type["Policy"]] = {}
 P = TypeVar("P", bound=type["Policy"])
@@ -150,26 +150,25 @@ def _request_kwargs(pending: PendingRequests, i: int) -> dict:
 # ---- parameter validation ----------------------------------------------------------------------------------
 def check_int(policy: str, name: str, value, minimum: int) -> int:
     """Validate an integer parameter ``>= minimum``; the error names the policy, parameter and range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{policy}: parameter {name} must be an integer >= {minimum}, got {value!r}")
+    problem = int_problem(value, minimum)
+    if problem:
+        raise ValueError(f"{policy}: parameter {name} {problem}")
     return int(value)
 
 
 def check_float(policy: str, name: str, value, low: float, high: float, *,
                 low_open: bool = False, high_open: bool = False) -> float:
-    """Validate a real parameter in the interval [low, high] (bounds open where told)."""
-    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        raise ValueError(f"{policy}: parameter {name} must be in {lo}{low}, {high}{hi}, got {value!r}")
+    """Validate a finite real parameter in the interval [low, high] (bounds open where told)."""
+    problem = number_problem(value, low, high, low_open=low_open, high_open=high_open)
+    if problem:
+        raise ValueError(f"{policy}: parameter {name} {problem}")
     return float(value)
 
 
 def check_choice(policy: str, name: str, value, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{policy}: parameter {name} must be one of {', '.join(choices)}; got {value!r}")
+    problem = choice_problem(value, choices)
+    if problem:
+        raise ValueError(f"{policy}: parameter {name} {problem}")
     return value
 
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from balanceroute.policies.checks import int_problem
 from balanceroute.serving.process import ManagedProcess, free_port
 from balanceroute.serving.ray_cluster import NodeCommand, RayCluster, RayNodeSpec
 from balanceroute.serving.slurm import Allocation, node_ip, srun_on
@@ -58,8 +59,9 @@ class NodeLayout:
         node or the ranks cannot be spread evenly (vLLM runs the same number of ranks on every node)."""
         for key, value in (("parallel.dp", dp), ("parallel.tp", tp), ("hydra.launcher.gpus_per_node",
                                                                       gpus_per_node)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LayoutError(f"{key}: must be an integer >= 1, got {value!r}")
+            problem = int_problem(value, 1)
+            if problem:
+                raise LayoutError(f"{key}: {problem}")
         if tp > gpus_per_node or gpus_per_node % tp:
             raise LayoutError(f"parallel.tp: {tp} GPUs per rank do not divide the {gpus_per_node} GPUs of a node "
                               f"(hydra.launcher.gpus_per_node); a tensor-parallel group must fit on one node")

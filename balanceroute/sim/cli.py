@@ -15,9 +15,10 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from balanceroute.cli_args import key_value
+from balanceroute.cli_args import int_at_least, key_value, positive_number
 from balanceroute.policies import Policy, make_policy
 from balanceroute.policies.dispatch import DISPATCH_MODES
 from balanceroute.results import jsonable, write_run_files
@@ -108,23 +109,19 @@ def _build(args: argparse.Namespace) -> tuple[Policy, Workload, SimConfig]:
 
 
 def _int(flag: str, text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < minimum:
-        raise UsageError(f"{flag} must be an integer >= {minimum}, got {text!r}")
-    return value
+    return _parsed(flag, int_at_least(minimum), text)
 
 
 def _positive(flag: str, text: str) -> float:
+    return _parsed(flag, positive_number(finite=False), text)
+
+
+def _parsed(flag: str, parse: Callable[[str], Any], text: str) -> Any:
+    """``text`` parsed by a :mod:`balanceroute.cli_args` type, its complaint a UsageError naming ``flag``."""
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0:
-        raise UsageError(f"{flag} must be a number > 0 (or inf), got {text!r}")
-    return value
+        return parse(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{flag} {exc}") from None
 
 
 def _rate(text: str) -> float:

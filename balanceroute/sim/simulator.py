@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from tqdm import tqdm
 from balanceroute.load import LoadTracker, Router
 from balanceroute.metrics import BalanceAccumulator, records_frame, summarize
 from balanceroute.policies import PendingRequests, Policy
+from balanceroute.policies.checks import bool_problem, choice_problem, int_problem, number_problem
 from balanceroute.policies.dispatch import DISPATCH_MODES, POOL_WINDOW
 from balanceroute.sim.group import RID, C, J, StepGroup, W
 from balanceroute.sim.pool import CentralPool
@@ -105,30 +105,17 @@ class SimConfig:
             self.model = get_preset(self.model)
         if not isinstance(self.model, ModelPreset):
             raise ValueError(f"model must be a ModelPreset or a preset name, got {type(self.model).__name__}")
-        _check_int("num_workers", self.num_workers, 1)
-        _check_int("seed", self.seed, 0)
-        _check_int("timeline_max_rows", self.timeline_max_rows, 1)
-        _check_int("pool_window", self.pool_window, 1)
-        if self.dispatch not in DISPATCH_MODES:
-            raise ValueError(f"dispatch must be one of {', '.join(DISPATCH_MODES)}; got {self.dispatch!r}")
-        if self.prefill not in PREFILL_MODES:
-            raise ValueError(f"prefill must be one of {', '.join(PREFILL_MODES)}; got {self.prefill!r}")
-        for name in ("barrier", "check_invariants"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not _is_real(self.timeout_s) or not self.timeout_s > 0:
-            raise ValueError(f"timeout_s must be a number of seconds > 0 (or inf), got {self.timeout_s!r}")
-        if self.horizon_s is not None and (not _is_real(self.horizon_s) or not self.horizon_s > 0):
-            raise ValueError(f"horizon_s must be a number of seconds > 0 or None, got {self.horizon_s!r}")
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        problems = {"num_workers": int_problem(self.num_workers, 1), "seed": int_problem(self.seed, 0),
+                    "timeline_max_rows": int_problem(self.timeline_max_rows, 1),
+                    "pool_window": int_problem(self.pool_window, 1),
+                    "dispatch": choice_problem(self.dispatch, DISPATCH_MODES),
+                    "prefill": choice_problem(self.prefill, PREFILL_MODES),
+                    "barrier": bool_problem(self.barrier), "check_invariants": bool_problem(self.check_invariants),
+                    "timeout_s": number_problem(self.timeout_s, 0, low_open=True, allow_inf=True),
+                    "horizon_s": None if self.horizon_s is None else number_problem(self.horizon_s, 0, low_open=True)}
+        for name, problem in problems.items():
+            if problem:
+                raise ValueError(f"{name} {problem}")
 
 
 @dataclass

@@ -75,7 +75,7 @@ def test_a_live_run_whose_requests_fail_ends_non_zero_with_one_line_and_keeps_it
 
 
 def test_live_run_limits_are_validated(compose):
-    with pytest.raises(ConfigError, match=r"^backend.bench.max_failed_fraction: must be a fraction in \[0, 1\], "
+    with pytest.raises(ConfigError, match=r"^backend.bench.max_failed_fraction: must be a number in \[0, 1\], "
                                           r"got 1.5"):
         make_backend(check_config(compose(["backend=proxy", "backend.bench.max_failed_fraction=1.5"])))
     with pytest.raises(ConfigError, match=r"^backend.bench.stall_timeout_s: must be a number > 0 or null, got 0"):

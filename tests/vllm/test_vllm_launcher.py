@@ -89,7 +89,7 @@ def fake_vllm(tmp_path):
     (["model=tiny_dense", "model.vllm.model=/m", "backend.vllm_bin=/nowhere/vllm"],
      "backend.vllm_bin: the vllm executable given (/nowhere/vllm) is not an executable file"),
     (["model=tiny_dense", "model.vllm.model=/m", "backend.api_server_count=0"],
-     "backend.api_server_count: must be an integer > 0 or null, got 0"),
+     "backend.api_server_count: must be an integer >= 1 or null, got 0"),
     (["model=tiny_dense", "model.vllm.model=/m", "backend.ready_timeout_s=-1"],
      "backend.ready_timeout_s: must be a number > 0, got -1"),
     (["model=tiny_dense", "model.vllm.model=/m", "+backend.bench.rate=3"],
