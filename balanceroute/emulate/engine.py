@@ -247,19 +247,19 @@ class LiveEngine:
 
     def on_boundary(self, group: StepGroup) -> None:
         """Hand each running request of ``group`` the tokens of the step(s) just applied; apply aborts."""
-        n, tab = group.n, group.tab
+        n, tab = group.running.count, group.running.fields
         rids, gen = tab[RID, :n], tab[J, :n]
         new = np.flatnonzero(gen != self._delivered[rids])
         if new.size:
             rids, gen = rids[new], gen[new]
-            self._count_tokens(rids, gen, group.first + tab[W, :n][new])
+            self._count_tokens(rids, gen, group.first_worker + tab[W, :n][new])
             streams = self.streams
             for r, tokens in zip(rids.tolist(), gen.tolist()):
                 stream = streams.get(r)
                 if stream is not None:
                     stream._update(tokens)
         if self._aborting:
-            mine = [r for r in self._aborting if self.group_of[self.req.worker[r]] == self.group_of[group.first]]
+            mine = [r for r in self._aborting if self.group_of[self.req.worker[r]] == self.group_of[group.first_worker]]
             for r in mine:
                 self._aborting.discard(r)
                 if self.req.status[r] in (QUEUED, RUNNING):
@@ -279,10 +279,11 @@ class LiveEngine:
         """Per rank: running and waiting requests, and the fraction of KV blocks in use (vLLM's gauges)."""
         running, waiting, blocks = [], [], []
         for grp in self.groups:
-            n, tab = grp.n, grp.tab
-            running.append(grp.n_run)
-            waiting.append(grp.waiting)
-            blocks.append(np.bincount(tab[W, :n], weights=-(-tab[C, :n] // grp.B), minlength=grp.G))
+            n, tab = grp.running.count, grp.running.fields
+            running.append(grp.running.per_worker)
+            waiting.append(grp.waiting.count)
+            blocks.append(np.bincount(tab[W, :n], weights=-(-tab[C, :n] // self.model.block_size),
+                                      minlength=grp.num_workers))
         return {"running": np.concatenate(running), "waiting": np.concatenate(waiting),
                 "kv_cache_usage": np.concatenate(blocks) / self.model.kv_capacity_blocks}
 

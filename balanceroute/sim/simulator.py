@@ -45,10 +45,11 @@ from balanceroute.metrics import BalanceAccumulator, records_frame, summarize
 from balanceroute.policies import PendingRequests, Policy
 from balanceroute.policies.checks import bool_problem, choice_problem, int_problem, number_problem
 from balanceroute.policies.dispatch import DISPATCH_MODES, POOL_WINDOW
-from balanceroute.sim.group import RID, C, J, StepGroup, W
+from balanceroute.sim.group import StepGroup
 from balanceroute.sim.pool import CentralPool
 from balanceroute.sim.prefill import prefill_completion
 from balanceroute.sim.presets import ModelPreset, get_preset
+from balanceroute.sim.running import RID, C, J, W
 from balanceroute.sim.state import (
     ERROR_NAMES,
     FAILED,
@@ -306,21 +307,20 @@ class Simulation:
         counts within the slots; waiting counts equal to the live queue entries; the load tracker's per-worker
         load equal to prompt + generated tokens of the requests routed there and not finished.
         """
-        req = self.req
+        req, model = self.req, self.model
         expected = np.zeros(self.config.num_workers)
         for grp in self.groups:
-            n, tab = grp.n, grp.tab
-            blocks = np.bincount(tab[W, :n], weights=-(-tab[C, :n] // grp.B), minlength=grp.G)
-            assert (blocks <= grp.cap_blocks).all(), f"KV blocks {blocks} over capacity {grp.cap_blocks}"
-            assert np.array_equal(np.bincount(tab[W, :n], minlength=grp.G), grp.n_run), "running counts"
-            assert (grp.n_run <= grp.max_seqs).all(), f"more running than slots: {grp.n_run}"
-            live = [sum(req.status[r] == QUEUED for r in q) for q in grp.queues]
-            assert live == grp.waiting.tolist(), f"waiting counts {grp.waiting} != queues {live}"
-            np.add.at(expected, grp.first + tab[W, :n], req.prompt[tab[RID, :n]] + tab[J, :n])
-            for q in grp.queues:
-                for r in q:
-                    if req.status[r] == QUEUED:
-                        expected[req.worker[r]] += req.prompt[r] + req.generated[r]
+            n, tab, g, running = grp.running.count, grp.running.fields, grp.num_workers, grp.running.per_worker
+            blocks = np.bincount(tab[W, :n], weights=-(-tab[C, :n] // model.block_size), minlength=g)
+            cap = model.kv_capacity_blocks
+            assert (blocks <= cap).all(), f"KV blocks {blocks} over capacity {cap}"
+            assert np.array_equal(np.bincount(tab[W, :n], minlength=g), running), "running counts"
+            assert (running <= model.max_num_seqs).all(), f"more running than slots: {running}"
+            live = [sum(req.status[r] == QUEUED for r in q) for q in grp.waiting.fifo]
+            assert live == grp.waiting.count.tolist(), f"waiting counts {grp.waiting.count} != queues {live}"
+            np.add.at(expected, grp.first_worker + tab[W, :n], req.prompt[tab[RID, :n]] + tab[J, :n])
+            for r in grp.waiting.live(req.status):
+                expected[req.worker[r]] += req.prompt[r] + req.generated[r]
         load = self.tracker.kv_load
         assert np.allclose(load, expected), f"tracker load {load} != routed prompt + generated {expected}"
 
@@ -351,10 +351,10 @@ class Simulation:
             "seed": cfg.seed,
             "max_num_seqs": self.model.max_num_seqs,
             "kv_capacity_tokens": self.model.kv_capacity_tokens,
-            "peak_kv_usage": max(grp.peak_load for grp in self.groups) / self.model.kv_capacity_tokens,
+            "peak_kv_usage": max(grp.recorder.peak_load for grp in self.groups) / self.model.kv_capacity_tokens,
             "sim_wall_time_s": wall_s,
         })
         log.debug("simulated %d requests in %.2f s", req.n, wall_s)
         return SimResult(summary=summary, requests=requests,
-                         timeline=timeline_frame([grp.timeline for grp in self.groups]),
+                         timeline=timeline_frame([grp.recorder.timeline for grp in self.groups]),
                          steps=None if self.steps is None else self.steps.frame())

@@ -2,7 +2,7 @@
 
 Requests are numbered internally in the order they reach the DP router: client arrival order (in a disaggregated
 deployment too, as the prefill pool is FIFO: :mod:`balanceroute.sim.prefill`). A request that is running lives in
-its step group's running table (:mod:`balanceroute.sim.group`), which holds the hot counters; they are written back
+its step group's running table (:mod:`balanceroute.sim.running`), which holds the hot counters; they are written back
 here when it leaves the table (finished, preempted, failed).
 """
 from __future__ import annotations

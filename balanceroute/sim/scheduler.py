@@ -1,0 +1,249 @@
+"""A step group's scheduler: what each worker runs in the step starting now (vLLM V1's scheduler, per worker).
+
+Running requests first: one token per decoding request, the rest of the token budget to requests still
+prefilling, oldest first. Then admission of waiting requests, first come first served, while a batch slot, the
+token budget and KV blocks allow (chunked prefill: a prompt that does not fit in the budget continues next step).
+KV is allocated in blocks for the tokens a step computes, so a request holds ceil(computed / block_size) blocks.
+When a worker's running requests need more blocks than it has, its most recently admitted requests are preempted
+(recompute): their KV is dropped, their generated tokens are kept (they were already streamed), they go back to
+the front of the worker's queue and, when admitted again, re-prefill prompt + generated tokens at the prefill rate
+before sampling their next token; a worker that preempted admits nothing that step (as vLLM). What is lost is the
+compute spent on the dropped KV and the time until readmission.
+
+Counting blocks exactly is a pass over every running request, so it is avoided where it cannot matter: blocks in
+use are bounded by ``load / block_size + running`` (a request wastes less than one block) and counted exactly
+only when that bound comes near the capacity.
+
+The scheduler decides and does not time: it hands the step model (:mod:`balanceroute.sim.step_model`) the step's
+per-worker load and prefill tokens and how many pure decode steps may follow before anything can change.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from balanceroute.load import LoadTracker
+from balanceroute.sim.presets import ModelPreset
+from balanceroute.sim.running import CHUNK, NREM, PF, RID, SEQ, C, J, RunningTable, S, W
+from balanceroute.sim.state import QUEUED, RUNNING, RequestState
+from balanceroute.sim.step_model import MAX_SPAN, ScheduledStep
+from balanceroute.sim.waiting import WaitingQueues
+
+_max = np.maximum.reduce  # the ufunc reduction without the ndarray-method wrapper (hot, on a few workers)
+
+
+class Scheduler:
+    """Schedules the steps of the workers whose ``running`` and ``waiting`` requests it is given.
+
+    ``req`` holds every request's state; ``tracker`` is told of admissions and preemptions; ``pool_wants_steps``
+    says whether the host may place requests at the next step boundary (then no decode steps may follow unplanned).
+    """
+
+    def __init__(self, model: ModelPreset, req: RequestState, tracker: LoadTracker, running: RunningTable,
+                 waiting: WaitingQueues, pool_wants_steps: Callable[[], bool]) -> None:
+        self.req = req
+        self.tracker = tracker
+        self.running = running
+        self.waiting = waiting
+        self.pool_wants_steps = pool_wants_steps
+        self.num_workers = running.per_worker.size
+        self.block_size = model.block_size
+        self.capacity_blocks = model.kv_capacity_blocks
+        self.max_seqs = model.max_num_seqs
+        self.token_budget = model.max_num_batched_tokens
+        # per schedule: KV blocks per worker after this step's allocation (exact, or the upper bound), whether
+        # exact, and the step's load when every request decodes one token and none was admitted (else None)
+        self._blocks = np.zeros(self.num_workers)
+        self._blocks_exact = False
+        self._decode_load: np.ndarray | None = None
+
+    def schedule(self, now: float) -> ScheduledStep | None:
+        """Decide the step starting at ``now``: allocate KV for the running requests (preempting on workers that
+        are over capacity), then admit waiting ones. None when nothing runs."""
+        running, g, cap, block = self.running, self.num_workers, self.capacity_blocks, self.block_size
+        blocked = None
+        self._decode_load = None
+        if running.count:
+            while True:
+                new, budget_left = self._running_tokens()
+                n = running.count
+                kv = running.fields[C, :n] + (1 if new is None else new)  # tokens each holds after this step
+                w = running.fields[W, :n]
+                load = np.bincount(w, weights=kv, minlength=g)
+                self._decode_load = load if new is None else None
+                self._blocks_exact = False
+                blocks = None
+                if float(_max(load)) / block + self.max_seqs <= cap:  # far from full
+                    break
+                blocks = load / block + running.per_worker
+                if _max(blocks) <= cap:
+                    break
+                blocks = np.bincount(w, weights=-(-kv // block), minlength=g)
+                self._blocks_exact = True
+                over = blocks > cap
+                if not over.any():
+                    break
+                blocked = over if blocked is None else blocked | over
+                self._preempt(over, blocks, kv, now)
+        else:
+            budget_left = np.full(g, self.token_budget, dtype=np.int64)
+            blocks = np.zeros(g)
+            self._blocks_exact = True
+        self._blocks = load / block + running.per_worker if blocks is None else blocks
+        if self.waiting.total:
+            self._admit(budget_left, blocked)
+        if running.count == 0:
+            if self.waiting.total:
+                raise RuntimeError("simulator bug: requests wait on an empty worker that cannot admit them")
+            return None
+        return self._scheduled_step()
+
+    def _running_tokens(self) -> tuple[np.ndarray | None, np.ndarray]:
+        """Tokens each running request computes this step (None: one each) and the token budget left per worker."""
+        running = self.running
+        n, fields = running.count, running.fields
+        if running.prefilling == 0:
+            return None, self.token_budget - running.per_worker
+        pf = fields[PF, :n].astype(bool)
+        left = (self.token_budget - np.bincount(fields[W, :n][~pf], minlength=self.num_workers)).tolist()
+        rows = np.flatnonzero(pf)
+        rows = rows[np.argsort(fields[SEQ, rows])]
+        for r in rows.tolist():  # few: a prompt continued from the previous step, per worker
+            w = fields[W, r]
+            chunk = min(int(fields[S, r] + fields[J, r] - fields[C, r]), left[w])
+            fields[CHUNK, r] = chunk
+            left[w] -= chunk
+        return np.where(pf, fields[CHUNK, :n], 1), np.array(left, dtype=np.int64)
+
+    def _exact_blocks(self) -> np.ndarray:
+        """Exact KV blocks per worker of the running requests after this step's allocation (a request holds
+        ceil(its tokens after the step / block_size))."""
+        running = self.running
+        n, fields = running.count, running.fields
+        new = np.where(fields[PF, :n] > 0, fields[CHUNK, :n], 1) if running.prefilling else 1
+        self._blocks_exact = True
+        return np.bincount(fields[W, :n], weights=-(-(fields[C, :n] + new) // self.block_size),
+                           minlength=self.num_workers)
+
+    def _preempt(self, over: np.ndarray, blocks: np.ndarray, kv: np.ndarray, now: float) -> None:
+        """Free KV on overfull workers by preempting their most recently admitted requests (vLLM recompute)."""
+        running, req = self.running, self.req
+        n, fields = running.count, running.fields
+        drop = np.zeros(n, dtype=bool)
+        for w in np.flatnonzero(over).tolist():
+            rows = np.flatnonzero(fields[W, :n] == w)
+            deficit = int(blocks[w]) - self.capacity_blocks
+            for r in rows[np.argsort(-fields[SEQ, rows])].tolist():
+                if deficit <= 0:
+                    break
+                drop[r] = True
+                deficit -= -(-int(kv[r]) // self.block_size)
+                rid = int(fields[RID, r])
+                req.generated[rid] = fields[J, r]
+                req.computed[rid] = 0
+                req.needs_prefill[rid] = True
+                req.status[rid] = QUEUED
+                req.preemptions[rid] += 1
+                if not fields[PF, r]:  # a decoding request sampled its latest token at the end of the last step
+                    req.last_token[rid] = now
+                self.waiting.push_front(rid, w)  # the oldest preempted ends up first, as vLLM's prepend
+                self.tracker.preempted(rid)
+        running.remove(np.flatnonzero(drop), drop)
+
+    def _admit(self, budget_left: np.ndarray, blocked: np.ndarray | None) -> None:
+        """FCFS admission on each worker (not ``blocked`` by a preemption) while a slot, token budget and KV
+        blocks allow.
+
+        Free blocks come from the bound on blocks in use; only when a request does not fit under the bound are
+        the blocks counted exactly (rare: the bound is loose by less than a block per request).
+        """
+        req, block, cap, running, waiting = self.req, self.block_size, self.capacity_blocks, self.running, self.waiting
+        status, prompt, output, generated, computed = req.status, req.prompt, req.output, req.generated, req.computed
+        base = self._blocks
+        admitted = np.zeros(self.num_workers, dtype=np.int64)
+        columns: list[tuple] = []
+        for w in np.flatnonzero(waiting.count).tolist():
+            if blocked is not None and blocked[w]:
+                continue
+            queue = waiting.fifo[w]
+            slots = self.max_seqs - int(running.per_worker[w])
+            left = int(budget_left[w])
+            free = int(cap - base[w])
+            taken = 0
+            while slots > 0 and left > 0 and queue:
+                r = queue[0]
+                if status[r] != QUEUED:  # failed while waiting: drop the stale entry
+                    queue.popleft()
+                    continue
+                s, j, c = int(prompt[r]), int(generated[r]), int(computed[r])
+                chunk = min(s + j - c, left)
+                need = -(-(c + chunk) // block)
+                if need > free:
+                    if self._blocks_exact:
+                        break
+                    base = self._exact_blocks()  # of the requests running before this round's admissions
+                    free = int(cap - base[w]) - int(admitted[w])
+                    if need > free:
+                        break
+                queue.popleft()
+                slots -= 1
+                left -= chunk
+                free -= need
+                admitted[w] += need
+                taken += 1
+                pf = int(req.needs_prefill[r])
+                columns.append((r, w, req.slot[r], s, j, c, j - output[r], running.admissions, pf, chunk))
+                running.admissions += 1
+                running.prefilling += pf
+                running.without_first_token += j == 0
+                status[r] = RUNNING
+                self.tracker.started(r)
+            if taken:
+                waiting.leave(w, taken)
+                running.per_worker[w] += taken
+        self._blocks = base + admitted
+        if columns:
+            self._decode_load = None
+            running.add(np.array(columns, dtype=np.int64).T)
+
+    def _scheduled_step(self) -> ScheduledStep:
+        """The step as scheduled, and how many steps it holds for.
+
+        Step 0 is followed by pure decode steps when after it every request decodes (all prefill chunks complete
+        their prompt) and no worker could admit more (nothing waits where a slot is free): then each step adds one
+        token per request, up to the first completion, the first possible KV shortage and MAX_SPAN.
+        """
+        running, g = self.running, self.num_workers
+        n, fields = running.count, running.fields
+        w = fields[W, :n]
+        prefill = new = None
+        if running.prefilling:
+            pf = fields[PF, :n] > 0
+            chunk = fields[CHUNK, :n]
+            new = np.where(pf, chunk, 1)
+            load = np.bincount(w, weights=fields[C, :n] + new, minlength=g)
+            prefill = np.bincount(w[pf], weights=chunk[pf], minlength=g)
+            decode_after = bool((chunk[pf] == (fields[S, :n] + fields[J, :n] - fields[C, :n])[pf]).all())
+        else:
+            load = self._decode_load
+            if load is None:
+                load = np.bincount(w, weights=fields[C, :n] + 1, minlength=g)
+            decode_after = True
+        if decode_after and self.waiting.total:
+            decode_after = not ((self.waiting.count > 0) & (running.per_worker < self.max_seqs)).any()
+        steps = 1
+        if decode_after and not self.pool_wants_steps():
+            steps = min(-int(_max(fields[NREM, :n])), MAX_SPAN)  # the first completion ends the stretch
+            # a request needs at most one new block per block_size steps; count exactly only if that could
+            # exceed the capacity
+            cap, per_worker, growth = self.capacity_blocks, running.per_worker, 1 + steps // self.block_size
+            if steps > 1 and _max(self._blocks) + self.max_seqs * growth > cap:
+                blocks = self._blocks
+                if (blocks + per_worker * growth > cap).any():
+                    if not self._blocks_exact:
+                        blocks = self._exact_blocks()
+                    busy = per_worker > 0
+                    free = cap - blocks[busy]
+                    steps = min(steps, 1 + self.block_size * int((free // per_worker[busy]).min()))
+        return ScheduledStep(load, prefill, new, steps)

@@ -1,0 +1,104 @@
+"""The DP+EP step model (ALGORITHMS.md section 3): how long the steps the scheduler decided take.
+
+Worker g's local time in a step is ``t_g = c_w + a * L_g + p * prefill_g`` (attention over its KV after the step,
+prefill compute) and the step lasts ``T = max_g t_g + b * mean L + c_0`` (EP all-to-all and expert work, which every
+worker of the group shares). With the EP barrier the G workers of a step group share every step; without it each
+worker is a group of its own (G = 1: ``t_g + b * L_g + c_0``). The coefficients keep the symbols of
+ALGORITHMS.md and :class:`~balanceroute.sim.presets.ModelPreset`.
+
+Planning ahead is what keeps the simulator fast. A scheduled step can be followed, where nothing can change, by a
+stretch of pure decode steps (the scheduler says how many: :attr:`ScheduledStep.max_steps`): every running request
+adds one token per step, so the loads grow linearly (``L_g + m * running_g`` at step m) and the stretch's step
+times are one small (steps x workers) array. The scheduler decides what runs (:mod:`balanceroute.sim.scheduler`),
+this module times it, the step group applies it (:mod:`balanceroute.sim.group`): a simulator without batched
+stretches would ask for one step at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from balanceroute.sim.presets import ModelPreset
+from balanceroute.sim.running import RunningTable
+
+# ufunc reductions without the ndarray-method wrappers (a hot path on arrays of a few workers)
+_max, _sum, _cumsum = np.maximum.reduce, np.add.reduce, np.add.accumulate
+
+#: Longest stretch of steps planned at once (bounds the steps x workers arrays).
+MAX_SPAN = 256
+_STEPS = np.arange(MAX_SPAN, dtype=np.float64)  # step offsets m of a stretch, as a row and as a column
+_STEPS_COL = _STEPS[:, None]
+
+
+@dataclass(slots=True)
+class ScheduledStep:
+    """What the scheduler decided for the step starting now: the step model's inputs, per worker, and how many
+    steps the decision holds for."""
+
+    load: np.ndarray                   # KV tokens after the step (L_g: its attention runs over them)
+    prefill_tokens: np.ndarray | None  # tokens computed at the prefill rate p (None: a pure decode step)
+    new_tokens: np.ndarray | None      # per running request: tokens the step computes (None: one each)
+    max_steps: int                     # 1, or 1 + the pure decode steps that may follow with nothing changing
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """A scheduled step (step 0) and the pure decode steps timed after it; steps ``applied .. length - 1`` remain,
+    the first of them starting at the group's clock."""
+
+    scheduled: ScheduledStep
+    local_time: np.ndarray      # step 0's t_g per worker
+    durations: np.ndarray       # T of every planned step
+    ends: np.ndarray            # end time of every planned step
+    loads: np.ndarray | None    # (steps x workers) load of every planned step (None: a single step)
+    peak: np.ndarray | None     # max over workers of ``loads``, per step
+    busy: np.ndarray | None     # (steps x workers) busy time of every planned step (groups that record balance)
+    length: int                 # steps that may be applied (cut back when a request arrives)
+    applied: int = 0            # steps applied so far
+
+    def keep_current_step(self) -> None:
+        """A request arrived: the step under way stays, the later ones are dropped (they may now admit it)."""
+        self.length = min(self.length, self.applied + 1)
+
+
+class StepModel:
+    """Step times of a group of ``num_workers`` workers of ``model`` stepping together."""
+
+    def __init__(self, model: ModelPreset, num_workers: int) -> None:
+        self.a, self.b, self.c0, self.cw, self.p = model.a, model.b, model.c0, model.cw, model.p
+        self.b_mean = model.b / num_workers  # b * mean(L) = b_mean * sum(L)
+
+    def plan(self, step: ScheduledStep, running: RunningTable, clock: float, horizon: float, *,
+             with_busy: bool) -> StepPlan:
+        """Time ``step`` (starting at ``clock``) and up to ``step.max_steps - 1`` pure decode steps after it.
+
+        ``running``: the requests that run (per worker, the loads' growth per decode step). Decode steps only
+        grow longer, so the plan stops at the first step that ends past ``horizon`` (the next event outside the
+        group: an arrival, a deadline): a longer one would be cut there anyway. ``with_busy``: also each worker's
+        busy time in the decode steps (for balance metrics).
+        """
+        load = step.load
+        local = self.cw + self.a * load
+        if step.prefill_tokens is not None:
+            local = local + self.p * step.prefill_tokens
+        span = step.max_steps
+        total = float(_sum(load))
+        first = float(_max(local)) + self.b_mean * total + self.c0
+        if span > 1:
+            ahead = horizon - clock - first
+            shortest = self.cw + self.c0 + self.a * float(_max(load)) + self.b_mean * total
+            if ahead < (span - 2) * shortest:
+                span = max(int(ahead / shortest), 0) + 2
+        loads = peak = busy = None
+        if span == 1:
+            durations = np.array([first])
+        else:  # step m: loads L0 + m * running; T = c_w + c_0 + a * max_g L + b * mean L
+            loads = load + _STEPS_COL[:span] * running.per_worker
+            peak = _max(loads, axis=1)
+            durations = ((self.cw + self.c0 + self.b_mean * total) + self.a * peak
+                         + (self.b_mean * running.count) * _STEPS[:span])
+            durations[0] = first
+            if with_busy:  # worker g's busy time: its local time plus the shared phase (see StepRecorder)
+                busy = self.a * (loads - peak[:, None]) + durations[:, None]
+        return StepPlan(step, local, durations, clock + _cumsum(durations), loads, peak, busy, span)
