@@ -133,10 +133,10 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 @dataclass
 class SimResult:
-    """``summary``: :func:`balanceroute.metrics.summarize` output plus balance metrics and the run's settings;
-    ``requests``: per-request records (:data:`balanceroute.metrics.REQUEST_COLUMNS`), in workload order;
-    ``timeline``: sampled steps (time_s, step, worker, kv_load, running, waiting); ``steps``: every barrier step
-    (:data:`balanceroute.steady.STEP_COLUMNS`; None without the barrier), for the steady window."""
+    """``summary``: the :func:`balanceroute.metrics.summarize` record (``Summary.as_dict()``) plus balance metrics
+    and the run's settings; ``requests``: per-request records (:data:`balanceroute.metrics.REQUEST_COLUMNS`), in
+    workload order; ``timeline``: sampled steps (time_s, step, worker, kv_load, running, waiting); ``steps``: every
+    barrier step (:data:`balanceroute.steady.STEP_COLUMNS`; None without the barrier), for the steady window."""
 
     summary: dict[str, Any]
     requests: pd.DataFrame
@@ -353,7 +353,7 @@ class Simulation:
             error=error[back], preemptions=req.preemptions[back])
         itl, weights = self.itl.arrays()
         summary = summarize(requests, itl_s=itl, itl_weights=weights, balance=self.balance.summary(),
-                            num_workers=cfg.num_workers)
+                            num_workers=cfg.num_workers).as_dict()
         summary.update({
             "backend": "sim",
             "model": self.model.name,
