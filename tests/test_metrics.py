@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -10,16 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balanceroute.results import jsonable
 from balanceroute.metrics import (
     REQUEST_COLUMNS,
     BalanceAccumulator,
+    Summary,
     itl_from_token_times,
     per_worker_counts,
     records_frame,
     summarize,
     weighted_percentiles,
 )
+from balanceroute.results import jsonable
 
 NAN = math.nan
 
@@ -67,8 +69,8 @@ def test_records_frame_schema_and_defaults():
     ({"prompt_len": [1, 2, 3]}, "different lengths"),
 ])
 def test_records_frame_rejects_bad_input(kwargs, needle):
-    base = dict(request_id=[0, 1], arrival_s=[0.0, 1.0], prompt_len=[3, 4], output_len=[1, 1],
-                target_output_len=[1, 1], status=["completed", "completed"])
+    base = {"request_id": [0, 1], "arrival_s": [0.0, 1.0], "prompt_len": [3, 4], "output_len": [1, 1],
+            "target_output_len": [1, 1], "status": ["completed", "completed"]}
     with pytest.raises(ValueError, match=needle):
         records_frame(**{**base, **kwargs})
     with pytest.raises(ValueError, match=r"missing request column\(s\) \['status'\]"):
@@ -78,31 +80,50 @@ def test_records_frame_rejects_bad_input(kwargs, needle):
 def test_records_roundtrip_parquet(tmp_path, run):
     run.to_parquet(tmp_path / "r.parquet")
     back = pd.read_parquet(tmp_path / "r.parquet")
-    assert jsonable(summarize(back)) == jsonable(summarize(run))  # parquet keeps float64 exactly
+    assert jsonable(summarize(back).as_dict()) == jsonable(summarize(run).as_dict())  # parquet keeps float64 exactly
 
 
 # ---- summary ----------------------------------------------------------------------------------------------------
 
 def test_summary_counts_and_throughput(run):
     s = summarize(run, num_workers=3)
-    assert (s["completed"], s["failed"], s["unfinished"], s["num_requests"]) == (3, 1, 1, 5)
-    assert s["duration"] == pytest.approx(4.3)
-    assert s["total_input_tokens"] == 160 and s["total_output_tokens"] == 9  # completed requests only
-    assert s["request_throughput"] == pytest.approx(3 / 4.3)
-    assert s["output_throughput"] == pytest.approx(9 / 4.3)
-    assert s["total_token_throughput"] == pytest.approx(169 / 4.3)
-    assert s["request_goodput"] is None
-    assert s["max_concurrent_requests"] == 2
-    assert s["preemptions"] == 3
-    assert s["num_workers"] == 3
-    assert s["worker_requests"] == [2, 2, 0]
-    assert s["worker_prompt_tokens"] == [150, 40, 0]
-    assert s["worker_output_tokens"] == [8, 3, 0]  # generated tokens, unfinished request included
+    assert isinstance(s, Summary)
+    assert (s.completed, s.failed, s.unfinished, s.num_requests) == (3, 1, 1, 5)
+    assert s.duration == pytest.approx(4.3)
+    assert s.total_input_tokens == 160 and s.total_output_tokens == 9  # completed requests only
+    assert s.request_throughput == pytest.approx(3 / 4.3)
+    assert s.output_throughput == pytest.approx(9 / 4.3)
+    assert s.total_token_throughput == pytest.approx(169 / 4.3)
+    assert s.request_goodput is None
+    assert s.max_concurrent_requests == 2
+    assert s.preemptions == 3
+    assert s.num_workers == 3
+    assert s.worker_requests == [2, 2, 0]
+    assert s.worker_prompt_tokens == [150, 40, 0]
+    assert s.worker_output_tokens == [8, 3, 0]  # generated tokens, unfinished request included
+
+
+def test_summary_record_keys_in_vllm_order_then_balance(run):
+    """as_dict is result.json: vLLM's keys in its order, each latency expanded, the balance keys last."""
+    acc = BalanceAccumulator(2)
+    acc.add_step(np.array([1.0, 3.0]), np.array([1.0, 2.0]))
+    record = summarize(run, balance=acc.summary()).as_dict()
+    latency = [f"{stat}_{metric}_ms" for metric in ("ttft", "tpot", "itl", "e2el")
+               for stat in ("mean", "median", "std", "p50", "p90", "p95", "p99")]
+    assert list(record) == [
+        "duration", "completed", "failed", "unfinished", "num_requests", "total_input_tokens",
+        "total_output_tokens", "request_throughput", "request_goodput", "output_throughput",
+        "total_token_throughput", "max_concurrent_requests", *latency, "preemptions", "num_workers",
+        "worker_requests", "worker_prompt_tokens", "worker_output_tokens",
+        "num_steps", "mean_imbalance", "mean_spread", "mean_kv_load", "barrier_idle_fraction"]
+    assert record["num_workers"] == 2 and record["mean_imbalance"] == 2
 
 
 def test_summary_latency_statistics_by_hand(run):
     s = summarize(run, duration_s=10.0)
-    assert s["duration"] == 10.0 and s["request_throughput"] == pytest.approx(0.3)
+    assert s.duration == 10.0 and s.request_throughput == pytest.approx(0.3)
+    assert (s.ttft.mean_ms, s.tpot.std_ms, s.e2el.percentiles_ms["p90"]) == pytest.approx((300, 250, 2460))
+    s = s.as_dict()
     expected = {
         # TTFT [0.5, 0.1, 0.3] s; sorted, p90 sits at virtual index 0.9*2 = 1.8: 0.3 + 0.8*0.2
         "mean_ttft_ms": 300, "median_ttft_ms": 300, "std_ttft_ms": 1000 * math.sqrt(0.08 / 3),
@@ -118,7 +139,7 @@ def test_summary_latency_statistics_by_hand(run):
 
 
 def test_summary_percentile_keys_follow_vllm(run):
-    s = summarize(run, percentiles=(99.9, 25))
+    s = summarize(run, percentiles=(99.9, 25)).as_dict()
     assert "p99.9_ttft_ms" in s and "p25_e2el_ms" in s and "p99_ttft_ms" not in s
     for metric in ("ttft", "tpot", "itl", "e2el"):
         assert {f"mean_{metric}_ms", f"median_{metric}_ms", f"std_{metric}_ms"} <= s.keys()
@@ -128,15 +149,15 @@ def test_tpot_undefined_when_every_output_is_one_token():
     df = records_frame(request_id=[0, 1], arrival_s=[0.0, 0.0], first_token_s=[1.0, 2.0], finish_s=[1.0, 2.0],
                        prompt_len=[5, 5], output_len=[1, 1], target_output_len=[1, 1], status="completed")
     s = summarize(df)
-    assert math.isnan(s["mean_tpot_ms"]) and s["mean_ttft_ms"] == pytest.approx(1500)
+    assert math.isnan(s.tpot.mean_ms) and s.ttft.mean_ms == pytest.approx(1500)
 
 
 def test_goodput_by_hand(run):
     # TTFT SLO 350 ms passes requests 1 and 2; TPOT SLO 800 ms fails request 2 (1.0 s); request 1 has one
     # token, so its TPOT counts as 0 (vLLM): one good request.
     s = summarize(run, goodput_slo_ms={"ttft": 350, "tpot": 800})
-    assert s["request_goodput"] == pytest.approx(1 / 4.3)
-    assert summarize(run, goodput_slo_ms={"e2el": 2400})["request_goodput"] == pytest.approx(2 / 4.3)
+    assert s.request_goodput == pytest.approx(1 / 4.3)
+    assert summarize(run, goodput_slo_ms={"e2el": 2400}).request_goodput == pytest.approx(2 / 4.3)
     with pytest.raises(ValueError, match="valid: \\['ttft', 'tpot', 'e2el'\\]"):
         summarize(run, goodput_slo_ms={"itl": 10})
 
@@ -145,15 +166,16 @@ def test_itl_weighted_equals_expanded(run):
     rng = np.random.default_rng(0)
     values = rng.exponential(0.03, 400)
     weights = rng.integers(0, 6, 400)
-    weighted = summarize(run, itl_s=values, itl_weights=weights, percentiles=(1, 33.3, 50, 90, 95, 99))
-    expanded = summarize(run, itl_s=np.repeat(values, weights), percentiles=(1, 33.3, 50, 90, 95, 99))
-    for key in ("median_itl_ms", "p1_itl_ms", "p33.3_itl_ms", "p90_itl_ms", "p95_itl_ms", "p99_itl_ms"):
-        assert weighted[key] == expanded[key], key  # exact: same arithmetic as np.percentile
-    for key in ("mean_itl_ms", "std_itl_ms"):
-        assert weighted[key] == pytest.approx(expanded[key], rel=1e-12), key
-    plain = summarize(run, itl_s=values)
-    assert plain["p99_itl_ms"] == pytest.approx(np.percentile(values, 99) * 1000)
-    assert plain["std_itl_ms"] == pytest.approx(np.std(values) * 1000)
+    weighted = summarize(run, itl_s=values, itl_weights=weights, percentiles=(1, 33.3, 50, 90, 95, 99)).itl
+    expanded = summarize(run, itl_s=np.repeat(values, weights), percentiles=(1, 33.3, 50, 90, 95, 99)).itl
+    assert list(weighted.percentiles_ms) == ["p1", "p33.3", "p50", "p90", "p95", "p99"]
+    assert weighted.median_ms == expanded.median_ms
+    assert weighted.percentiles_ms == expanded.percentiles_ms  # exact: same arithmetic as np.percentile
+    assert weighted.mean_ms == pytest.approx(expanded.mean_ms, rel=1e-12)
+    assert weighted.std_ms == pytest.approx(expanded.std_ms, rel=1e-12)
+    plain = summarize(run, itl_s=values).itl
+    assert plain.percentiles_ms["p99"] == pytest.approx(np.percentile(values, 99) * 1000)
+    assert plain.std_ms == pytest.approx(np.std(values) * 1000)
 
 
 @settings(max_examples=200, deadline=None)
@@ -189,17 +211,17 @@ def test_empty_and_all_failed_runs_do_not_crash():
     empty = records_frame(request_id=[], arrival_s=[], prompt_len=[], output_len=[], target_output_len=[],
                           status=[])
     s = summarize(empty)
-    assert s["completed"] == 0 and s["failed"] == 0 and math.isnan(s["duration"])
-    assert math.isnan(s["request_throughput"]) and math.isnan(s["mean_ttft_ms"])
-    assert s["worker_requests"] == [] and s["max_concurrent_requests"] == 0
-    json.dumps(jsonable(s), allow_nan=False)  # strict JSON: NaN became null
+    assert s.completed == 0 and s.failed == 0 and math.isnan(s.duration)
+    assert math.isnan(s.request_throughput) and math.isnan(s.ttft.mean_ms)
+    assert s.worker_requests == [] and s.max_concurrent_requests == 0
+    json.dumps(jsonable(s.as_dict()), allow_nan=False)  # strict JSON: NaN became null
 
     failed = records_frame(request_id=[0, 1], worker=[0, 1], arrival_s=[0.0, 1.0], finish_s=[2.0, 3.0],
                            prompt_len=[4, 4], output_len=[0, 0], target_output_len=[4, 4], status="failed",
                            error=["http_503", "connection_refused"])
     s = summarize(failed, goodput_slo_ms={"ttft": 100})
-    assert (s["completed"], s["failed"], s["duration"]) == (0, 2, 3.0)
-    assert s["request_throughput"] == 0.0 and s["request_goodput"] == 0.0 and math.isnan(s["p99_e2el_ms"])
+    assert (s.completed, s.failed, s.duration) == (0, 2, 3.0)
+    assert s.request_throughput == 0.0 and s.request_goodput == 0.0 and math.isnan(s.e2el.percentiles_ms["p99"])
 
 
 def test_summary_input_validation(run):
@@ -265,9 +287,11 @@ def test_summary_merges_balance_and_sizes_worker_lists(run):
     acc = BalanceAccumulator(4)
     acc.add_step(np.array([1, 1, 1, 5]))
     s = summarize(run, balance=acc.summary())
-    assert s["mean_imbalance"] == 12 and s["num_workers"] == 4 and s["worker_requests"] == [2, 2, 0, 0]
+    assert s.balance["mean_imbalance"] == 12 and s.num_workers == 4 and s.worker_requests == [2, 2, 0, 0]
     with pytest.raises(ValueError, match=r"balance keys \['completed'\] clash"):
         summarize(run, balance={"completed": 1})
+    with pytest.raises(ValueError, match=r"balance keys \['p99_ttft_ms'\] clash"):
+        replace(s, balance={"p99_ttft_ms": 1.0})  # the check belongs to the type, however it is built
     assert per_worker_counts(run) == {"worker_requests": [2, 2], "worker_prompt_tokens": [150, 40],
                                       "worker_output_tokens": [8, 3]}
 

@@ -171,5 +171,5 @@ def rescale(result: BenchResult, factor: float, num_workers: int) -> tuple[pd.Da
     done = (requests["status"] == "completed").to_numpy()
     times = [t * factor for t, ok in zip(result.token_times, done) if ok]
     metrics = summarize(requests, duration_s=result.summary["duration"] * factor,
-                        itl_s=itl_from_token_times(times) if times else np.zeros(0), num_workers=num_workers)
+                        itl_s=itl_from_token_times(times) if times else np.zeros(0), num_workers=num_workers).as_dict()
     return requests, metrics

@@ -119,7 +119,7 @@ def build_result(outcomes: Sequence[Outcome | None], workload: Workload, prompt_
              if ok and info.stream else np.zeros(0) for o, ok in zip(outs, completed)]
     summary = summarize(frame, duration_s=info.duration_s,
                         itl_s=itl_from_token_times([t for t, ok in zip(times, completed) if ok]),
-                        goodput_slo_ms=info.goodput_slo_ms)
+                        goodput_slo_ms=info.goodput_slo_ms).as_dict()
     summary.update(_client_keys(frame, info, len(workload)))
     texts = ["".join(o.text_parts) for o in outs] if outs and outs[0].text_parts is not None else None
     return BenchResult(summary, frame, times, texts)

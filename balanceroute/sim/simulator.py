@@ -121,10 +121,10 @@ class SimConfig:
 
 @dataclass
 class SimResult:
-    """``summary``: :func:`balanceroute.metrics.summarize` output plus balance metrics and the run's settings;
-    ``requests``: per-request records (:data:`balanceroute.metrics.REQUEST_COLUMNS`), in workload order;
-    ``timeline``: sampled steps (time_s, step, worker, kv_load, running, waiting); ``steps``: every barrier step
-    (:data:`balanceroute.steady.STEP_COLUMNS`; None without the barrier), for the steady window."""
+    """``summary``: the :func:`balanceroute.metrics.summarize` record (``Summary.as_dict()``) plus balance metrics
+    and the run's settings; ``requests``: per-request records (:data:`balanceroute.metrics.REQUEST_COLUMNS`), in
+    workload order; ``timeline``: sampled steps (time_s, step, worker, kv_load, running, waiting); ``steps``: every
+    barrier step (:data:`balanceroute.steady.STEP_COLUMNS`; None without the barrier), for the steady window."""
 
     summary: dict[str, Any]
     requests: pd.DataFrame
@@ -340,7 +340,7 @@ class Simulation:
             error=error[back], preemptions=req.preemptions[back])
         itl, weights = self.itl.arrays()
         summary = summarize(requests, itl_s=itl, itl_weights=weights, balance=self.balance.summary(),
-                            num_workers=cfg.num_workers)
+                            num_workers=cfg.num_workers).as_dict()
         summary.update({
             "backend": "sim",
             "model": self.model.name,
