@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from balanceroute.policies.checks import int_problem
+
 
 def per_worker_counts(requests: pd.DataFrame, num_workers: int | None = None) -> dict[str, Any]:
     """Requests, prompt tokens and generated output tokens per worker, over every routed request.
@@ -45,8 +47,9 @@ class BalanceAccumulator:
     """
 
     def __init__(self, num_workers: int, *, block: int = 1024) -> None:
-        if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 1:
-            raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
+        problem = int_problem(num_workers, 1)
+        if problem:
+            raise ValueError(f"num_workers {problem}")
         self.num_workers = g = int(num_workers)
         self._shape = (g,)
         self._kv = np.zeros((block, g))

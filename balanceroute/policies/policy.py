@@ -148,9 +148,9 @@ def _request_kwargs(pending: PendingRequests, i: int) -> dict:
 
 
 # ---- parameter validation ----------------------------------------------------------------------------------
-def check_int(policy: str, name: str, value, minimum: int) -> int:
-    """Validate an integer parameter ``>= minimum``; the error names the policy, parameter and range."""
-    problem = int_problem(value, minimum)
+def check_int(policy: str, name: str, value, minimum: int, maximum: int | None = None) -> int:
+    """Validate an integer parameter in [minimum, maximum]; the error names the policy, parameter and range."""
+    problem = int_problem(value, minimum, maximum)
     if problem:
         raise ValueError(f"{policy}: parameter {name} {problem}")
     return int(value)

@@ -36,11 +36,7 @@ MAX_R_MAX = 10
 def check_pool_params(owner: str, S_greedy, R_max) -> tuple[int, int]:
     """Validate the two-stage parameters: S_greedy >= 0 and 1 <= R_max <= MAX_R_MAX."""
     S_greedy = check_int(owner, "S_greedy", S_greedy, 0)
-    R_max = check_int(owner, "R_max", R_max, 1)
-    if R_max > MAX_R_MAX:
-        raise ValueError(f"{owner}: parameter R_max must be an integer in [1, {MAX_R_MAX}] (2^R_max subsets are "
-                         f"scored), got {R_max!r}")
-    return S_greedy, R_max
+    return S_greedy, check_int(owner, "R_max", R_max, 1, MAX_R_MAX)
 
 
 class Envelope:

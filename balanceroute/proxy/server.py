@@ -44,6 +44,7 @@ from balanceroute.bench.endpoint import WORKER_HEADER
 from balanceroute.bench.prompts import TextTokenizer
 from balanceroute.load import LoadTracker
 from balanceroute.policies import make_policy
+from balanceroute.policies.checks import int_problem
 from balanceroute.policies.dispatch import DISPATCH_MODES
 from balanceroute.proxy.accounting import StreamAccount, Ticket
 from balanceroute.proxy.dispatch import LiveRouter, NoLiveBackendError, make_dispatcher
@@ -83,17 +84,16 @@ class ProxyConfig:
         object.__setattr__(self, "targets", check_targets(self.targets))
         if self.dispatch not in DISPATCH_MODES:
             raise ValueError(f"dispatch {self.dispatch!r} is not a dispatch mode; valid: {', '.join(DISPATCH_MODES)}")
-        if self.max_num_seqs is not None and (isinstance(self.max_num_seqs, bool)
-                                              or not isinstance(self.max_num_seqs, int) or self.max_num_seqs < 1):
-            raise ValueError(f"max_num_seqs must be an integer >= 1, got {self.max_num_seqs!r}")
+        if self.max_num_seqs is not None and int_problem(self.max_num_seqs, 1):
+            raise ValueError(f"max_num_seqs {int_problem(self.max_num_seqs, 1)}")
         if self.dispatch == "pool" and self.max_num_seqs is None:
             raise ValueError("pool dispatch needs the slots per backend: give max_num_seqs (--max-num-seqs), "
                              "the backends' --max-num-seqs")
         for name in ("health_interval_s", "health_timeout_s", "connect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
-        if isinstance(self.max_body_bytes, bool) or not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 1:
-            raise ValueError(f"max_body_bytes must be an integer >= 1, got {self.max_body_bytes!r}")
+        if int_problem(self.max_body_bytes, 1):
+            raise ValueError(f"max_body_bytes {int_problem(self.max_body_bytes, 1)}")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0 seconds or None, got {self.request_timeout_s!r}")
 

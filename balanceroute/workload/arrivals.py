@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from balanceroute.policies.checks import int_problem
 from balanceroute.workload.base import ARRIVALS_STREAM, WorkloadError, random_stream
 
 
@@ -36,8 +37,9 @@ def arrival_times(n: int, rate: float, *, burstiness: float = 1.0, seed: int = 0
     the last arrival land exactly at ``n/rate``: this is a plain renewal process.
     """
     rate, burstiness = check_rate(rate, burstiness)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise WorkloadError(f"number of requests must be an integer >= 0, got {n!r}")
+    problem = int_problem(n, 0)
+    if problem:
+        raise WorkloadError(f"number of requests {problem}")
     out = np.zeros(n)
     if n <= 1 or math.isinf(rate):
         return out

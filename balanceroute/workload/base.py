@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from balanceroute.policies.checks import int_problem
+
 # independent random streams derived from one seed (see random_stream)
 ARRIVALS_STREAM, LENGTHS_STREAM, SAMPLE_STREAM = 0, 1, 2
 
@@ -89,8 +91,9 @@ class Workload:
 
 def random_stream(seed: int, stream: int) -> np.random.Generator:
     """The random stream ``stream`` of ``seed``: separate streams keep lengths fixed when only the rate changes."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise WorkloadError(f"seed must be an integer >= 0, got {seed!r}")
+    problem = int_problem(seed, 0)
+    if problem:
+        raise WorkloadError(f"seed {problem}")
     return np.random.default_rng([stream, int(seed)])
 
 
@@ -98,8 +101,9 @@ def check_count(name: str, value: int | None, *, minimum: int) -> int | None:
     """``value`` as an int (None passes through), or a :class:`WorkloadError` naming ``name``."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise WorkloadError(f"{name} must be an integer >= {minimum} or None, got {value!r}")
+    problem = int_problem(value, minimum)
+    if problem:
+        raise WorkloadError(f"{name} {problem.replace(', got', ' or None, got', 1)}")
     return int(value)
 
 
