@@ -4,7 +4,7 @@ The router must charge a request's prompt to a backend's KV load the moment it r
 (``usage.prompt_tokens``) arrives only with the response and then corrects the charge (:mod:`.accounting`).
 
 - With a tokenizer (``--tokenizer``: a folder holding tokenizer.json or a ``transformers`` name, loaded by
-  :func:`balanceroute.bench.load_tokenizer`): the token count of the prompt text. Chat messages are counted
+  :func:`balanceroute.protocol.tokenizer.load_tokenizer`): the token count of the prompt text. Chat messages are counted
   as their concatenated text contents, without the chat template (a template adds a few tokens per message,
   which the usage correction then adds).
 - Without one, the estimate is ``ceil(UTF-8 bytes / 4)`` of that text: the usual rule of thumb for BPE
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from balanceroute.bench.prompts import TextTokenizer
+from balanceroute.protocol.tokenizer import TextTokenizer
 
 #: UTF-8 bytes per token of the estimate.
 BYTES_PER_TOKEN = 4

@@ -40,10 +40,10 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from balanceroute.bench.endpoint import WORKER_HEADER
-from balanceroute.bench.prompts import TextTokenizer
 from balanceroute.load import LoadTracker
 from balanceroute.policies import make_policy
+from balanceroute.protocol.headers import REQUEST_ID_HEADER, WORKER_HEADER
+from balanceroute.protocol.tokenizer import TextTokenizer
 from balanceroute.proxy.accounting import StreamAccount, Ticket
 from balanceroute.proxy.dispatch import DISPATCH_MODES, LiveRouter, NoLiveBackendError, make_dispatcher
 from balanceroute.proxy.prompt import PromptCounter, prompt_parts
@@ -52,7 +52,6 @@ from balanceroute.proxy.upstreams import HealthMonitor, Upstreams, check_targets
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-Id"
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
 #: Request headers not forwarded: hop-by-hop headers, and those the proxy's client sets itself.
 _DROP_HEADERS = frozenset(h.lower() for h in (
