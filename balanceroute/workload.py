@@ -26,7 +26,6 @@ Conventions shared by every source:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -36,6 +35,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
+
+from balanceroute.protocol.prompt_key import prompt_hash
 
 log = logging.getLogger(__name__)
 
@@ -213,12 +214,6 @@ def _take_first(n_avail: int, num_requests: int | None, source: str) -> int:
         raise WorkloadError(f"{source}: num_requests={num_requests} but only {n_avail} requests are available "
                             f"(after length caps); valid: 1..{n_avail} or None for all")
     return num_requests
-
-
-def prompt_hash(text: str) -> int:
-    """Stable 63-bit key of a prompt text (BLAKE2b), never 0 (0 means unknown); the same in every process."""
-    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 1
-    return h or 1
 
 
 def _rows_message(df: pd.DataFrame, column: str, bad: np.ndarray) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from balanceroute.emulate.engine import prompt_hash
+from balanceroute.protocol.prompt_key import prompt_hash
 from balanceroute.protocol.synthetic import WORDS
 from balanceroute.protocol.tokenizer import TextTokenizer
 
@@ -72,7 +72,7 @@ def _completion_prompt(body: dict, tokenizer: TextTokenizer | None) -> tuple[int
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
-        return _count_text(prompt, tokenizer), prompt_hash([prompt])
+        return _count_text(prompt, tokenizer), prompt_hash(prompt)
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         return len(prompt), prompt_hash(prompt)
     raise ApiError(400, "prompt must be a string or a list of token ids (one prompt per request: the emulator "
