@@ -1,7 +1,10 @@
 """The ``balanceroute`` command: one subcommand per backend or tool.
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)`` (which registers the subcommand and
-sets ``func`` on it); the modules are imported here so ``balanceroute --help`` lists them all.
+sets ``func`` on it). The library's own are listed here; packages built on the library (``launchers``, for
+``balanceroute plan``) add theirs through the entry point group :data:`COMMAND_GROUP` in their pyproject.toml, so
+that the library never imports them: a dependency points from them to it, never back. ``balanceroute --help``
+lists both.
 """
 from __future__ import annotations
 
@@ -9,26 +12,41 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
 
-#: Modules that define subcommands, in the order ``--help`` lists them.
+#: Modules of the library that define subcommands, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES = (
     "balanceroute.sim.cli",
     "balanceroute.bench.cli",
     "balanceroute.data.cli",
-    "launchers.plan",
     "balanceroute.vllm_plugin.serve_cli",
     "balanceroute.emulate.cli",
     "balanceroute.proxy.cli",
 )
+#: Entry point group of subcommands defined outside the library: ``name = "module:add_parser"``.
+COMMAND_GROUP = "balanceroute.commands"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def installed_commands() -> list[EntryPoint]:
+    """The subcommands installed packages declare under :data:`COMMAND_GROUP`, by name."""
+    return sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)
+
+
+def build_parser(commands: Iterable[EntryPoint] | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand: the library's, then ``commands`` (default: :func:`installed_commands`).
+
+    An entry point that cannot be loaded raises: a subcommand the installation declares should not vanish
+    silently from ``--help``.
+    """
     parser = argparse.ArgumentParser(
         prog="balanceroute", description="KV-aware data-parallel routing for MoE LLM serving.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
+    for command in installed_commands() if commands is None else commands:
+        command.load()(sub)
     return parser
 
 

@@ -10,11 +10,11 @@ horizon policy's projection is a vectorised gather over the active slots, never 
 """
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from balanceroute.policies.base import UNLIMITED_SLOTS, Assignment, ClusterSnapshot, PendingRequests, RequestTable
+from balanceroute.policies.base import Assignment, ClusterSnapshot, PendingRequests, RequestTable
 from balanceroute.policies.policy import Policy
 
 WAITING, RUNNING = 0, 1
@@ -47,17 +47,14 @@ class LoadTracker:
             raise ValueError(f"kv_capacity must be > 0 tokens, got {self.kv_capacity.tolist()}")
         self._finite_capacity = bool(np.any(np.isfinite(self.kv_capacity)))  # x / inf = 0
         self.max_num_seqs = max_num_seqs
-        self._unlimited_slots = np.full(g, UNLIMITED_SLOTS, dtype=np.int64)
         self._zero_usage = np.zeros(g)
         self._reported_usage: np.ndarray | None = None
         self.epoch = 0
-        # per-request arrays, indexed by slot
+        # per-request arrays, indexed by slot (row = slot; rows of released requests are stale until reused)
         n = max(16, initial_slots)
-        self._worker = np.zeros(n, dtype=np.int64)
-        self._prompt = np.zeros(n, dtype=np.int64)
-        self._generated = np.zeros(n, dtype=np.int64)
-        self._remaining = np.full(n, np.nan)
-        self._hash = np.zeros(n, dtype=np.int64)
+        self._requests = RequestTable(
+            worker=np.zeros(n, dtype=np.int64), prompt_len=np.zeros(n, dtype=np.int64),
+            generated=np.zeros(n, dtype=np.int64), remaining=np.full(n, np.nan), prompt_hash=np.zeros(n, dtype=np.int64))
         self._state = np.zeros(n, dtype=np.int8)
         self._active = np.zeros(n, dtype=bool)
         self._free: list[int] = list(range(n - 1, -1, -1))
@@ -79,11 +76,12 @@ class LoadTracker:
             self._grow()
         slot = self._free.pop()
         self._slot[request_id] = slot
-        self._worker[slot] = worker
-        self._prompt[slot] = prompt_len
-        self._generated[slot] = 0
-        self._remaining[slot] = np.nan if output_len is None else output_len
-        self._hash[slot] = prompt_hash
+        rows = self._requests
+        rows.worker[slot] = worker
+        rows.prompt_len[slot] = prompt_len
+        rows.generated[slot] = 0
+        rows.remaining[slot] = np.nan if output_len is None else output_len
+        rows.prompt_hash[slot] = prompt_hash
         self._state[slot] = RUNNING if running else WAITING
         self._active[slot] = True
         self.kv_load[worker] += prompt_len
@@ -102,26 +100,29 @@ class LoadTracker:
     def tokens(self, request_id: Hashable, n: int = 1) -> None:
         """``n`` new output tokens were generated for the request."""
         slot = self.slot_of(request_id)
-        self._generated[slot] += n
-        self._remaining[slot] -= n
-        self.kv_load[self._worker[slot]] += n
+        rows = self._requests
+        rows.generated[slot] += n
+        rows.remaining[slot] -= n
+        self.kv_load[rows.worker[slot]] += n
         self.epoch += 1
 
     def set_prompt_len(self, request_id: Hashable, prompt_len: int) -> None:
         """Correct the prompt length a request is charged with (a proxy routes on an estimate and learns the
         exact count from the server's usage report)."""
         slot = self.slot_of(request_id)
-        self.kv_load[self._worker[slot]] += prompt_len - self._prompt[slot]
-        self._prompt[slot] = prompt_len
+        rows = self._requests
+        self.kv_load[rows.worker[slot]] += prompt_len - rows.prompt_len[slot]
+        rows.prompt_len[slot] = prompt_len
         self.epoch += 1
 
     def tokens_bulk(self, slots: np.ndarray, n: int | np.ndarray = 1) -> None:
         """Vectorised :meth:`tokens` for many slots at once (one decode step of the simulator)."""
         if len(slots) == 0:
             return
-        self._generated[slots] += n
-        self._remaining[slots] -= n
-        workers = self._worker[slots]
+        rows = self._requests
+        rows.generated[slots] += n
+        rows.remaining[slots] -= n
+        workers = rows.worker[slots]
         if np.ndim(n) == 0:
             self.kv_load += np.bincount(workers, minlength=self.num_workers) * float(n)
         else:
@@ -149,13 +150,16 @@ class LoadTracker:
             raise UnknownRequestError(f"request {request_id!r} is not routed or already released") from None
 
     def worker_of(self, request_id: Hashable) -> int:
-        return int(self._worker[self.slot_of(request_id)])
+        return int(self._requests.worker[self.slot_of(request_id)])
 
     def generated_of(self, request_id: Hashable) -> int:
-        return int(self._generated[self.slot_of(request_id)])
+        return int(self._requests.generated[self.slot_of(request_id)])
+
+    def prompt_len_of(self, request_id: Hashable) -> int:
+        return int(self._requests.prompt_len[self.slot_of(request_id)])
 
     def prompt_hash_of(self, request_id: Hashable) -> int:
-        return int(self._hash[self.slot_of(request_id)])
+        return int(self._requests.prompt_hash[self.slot_of(request_id)])
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -166,37 +170,29 @@ class LoadTracker:
     def snapshot(self, *, with_requests: bool = False) -> ClusterSnapshot:
         """The policy's view: per-worker arrays (shared, read-only by convention) and, if asked, the requests.
 
-        Cheap by design (it is on every decision's path): derived arrays are only computed where a limit makes
-        them vary; unlimited slots and unknown capacity reuse constant arrays.
+        Cheap by design (it is on every decision's path, :meth:`ClusterSnapshot.from_counts`): derived arrays are
+        only computed where a limit makes them vary; unknown capacity reuses a constant array.
         """
-        inflight = self.running + self.waiting
-        if self.max_num_seqs is None:
-            free = self._unlimited_slots
-        else:
-            free = np.maximum(self.max_num_seqs - inflight, 0)
         if self._reported_usage is not None:
             usage = self._reported_usage
         elif self._finite_capacity:
             usage = self.kv_load / self.kv_capacity
         else:
             usage = self._zero_usage
-        return ClusterSnapshot(
-            kv_load=self.kv_load, running=self.running, waiting=self.waiting, inflight=inflight,
-            free_slots=free, kv_capacity=self.kv_capacity, kv_usage=usage,
-            requests=self.request_table() if with_requests else None, epoch=self.epoch)
+        return ClusterSnapshot.from_counts(
+            self.kv_load, self.running, self.waiting, kv_capacity=self.kv_capacity, kv_usage=usage,
+            max_num_seqs=self.max_num_seqs, requests=self.request_table() if with_requests else None,
+            epoch=self.epoch)
 
     def request_table(self) -> RequestTable:
         """Per-request arrays of the unfinished requests (a vectorised gather over active slots)."""
-        slots = np.flatnonzero(self._active)
-        return RequestTable(worker=self._worker[slots], prompt_len=self._prompt[slots],
-                            generated=self._generated[slots], remaining=self._remaining[slots],
-                            prompt_hash=self._hash[slots])
+        return self._requests.take(np.flatnonzero(self._active))
 
     # ---- internals ------------------------------------------------------------------------------------------------
     def _move(self, slot: int, state: int) -> None:
         if self._state[slot] == state:
             return
-        w = self._worker[slot]
+        w = self._requests.worker[slot]
         src, dst = (self.waiting, self.running) if state == RUNNING else (self.running, self.waiting)
         src[w] -= 1
         dst[w] += 1
@@ -207,9 +203,10 @@ class LoadTracker:
         slot = self._slot.pop(request_id, None)
         if slot is None:
             raise UnknownRequestError(f"request {request_id!r} is not routed or already released")
-        w = self._worker[slot]
-        generated = int(self._generated[slot])
-        self.kv_load[w] -= self._prompt[slot] + generated
+        rows = self._requests
+        w = rows.worker[slot]
+        generated = int(rows.generated[slot])
+        self.kv_load[w] -= rows.prompt_len[slot] + generated
         (self.running if self._state[slot] == RUNNING else self.waiting)[w] -= 1
         self._active[slot] = False
         self._free.append(slot)
@@ -217,11 +214,18 @@ class LoadTracker:
         return generated
 
     def _grow(self) -> None:
-        old = len(self._worker)
-        for name in ("_worker", "_prompt", "_generated", "_remaining", "_hash", "_state", "_active"):
-            arr = getattr(self, name)
-            fill = np.nan if name == "_remaining" else 0
-            setattr(self, name, np.concatenate([arr, np.full(old, fill, dtype=arr.dtype)]))
+        """Double the slots (new rows zero, remaining NaN)."""
+        old = len(self._requests)
+
+        def doubled(arr: np.ndarray) -> np.ndarray:
+            return np.concatenate([arr, np.full(old, np.nan if arr.dtype.kind == "f" else 0, dtype=arr.dtype)])
+
+        rows = self._requests
+        self._requests = RequestTable(
+            worker=doubled(rows.worker), prompt_len=doubled(rows.prompt_len), generated=doubled(rows.generated),
+            remaining=doubled(rows.remaining), prompt_hash=doubled(rows.prompt_hash))
+        self._state = doubled(self._state)
+        self._active = doubled(self._active)
         self._free.extend(range(2 * old - 1, old - 1, -1))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from balanceroute.backends.emulated import COMMAND, free_port_block
 from balanceroute.bench import benchmark
-from balanceroute.emulate import WORKER_HEADER
+from balanceroute.protocol.headers import WORKER_HEADER
 from balanceroute.serving import ManagedServer
 from balanceroute.workload import synthetic
 

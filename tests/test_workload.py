@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from balanceroute.protocol.prompt_key import prompt_hash
 from balanceroute.workload import (
     AZURE_CONV_OUTPUT_SIGMA,
     AZURE_CONV_PROMPT_SIGMA,
@@ -19,7 +20,6 @@ from balanceroute.workload import (
     arrival_times,
     load_azure_trace,
     load_sharegpt,
-    prompt_hash,
     synthetic,
 )
 
@@ -309,7 +309,7 @@ def test_prompt_hash_is_stable_63_bit_and_process_independent():
     h = prompt_hash("What is the capital of France?")
     assert 0 < h < 2 ** 63 and h == prompt_hash("What is the capital of France?")
     assert h != prompt_hash("What is the capital of France?!")
-    code = "from balanceroute.workload import prompt_hash; print(prompt_hash('What is the capital of France?'))"
+    code = "from balanceroute.protocol.prompt_key import prompt_hash; print(prompt_hash('What is the capital of France?'))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert int(out.stdout) == h

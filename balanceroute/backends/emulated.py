@@ -40,12 +40,13 @@ from balanceroute.backends.checks import (
     check_started_server,
 )
 from balanceroute.backends.sim import model_preset
-from balanceroute.bench import WORKER_HEADER, benchmark
+from balanceroute.bench import benchmark
 from balanceroute.bench.result import BenchResult
 from balanceroute.config import ConfigError
 from balanceroute.config.backends import EmulatedBackendConfig
 from balanceroute.config.schema import ModelConfig, ParallelConfig
 from balanceroute.metrics import itl_from_token_times, summarize
+from balanceroute.protocol.headers import WORKER_HEADER
 from balanceroute.serving import ENGINE_COUNTERS, ManagedServer, ServerError, engine_counter
 from balanceroute.sim.presets import get_preset
 from balanceroute.workload import Workload

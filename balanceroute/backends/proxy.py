@@ -35,11 +35,12 @@ from balanceroute.backends.checks import (
     check_started_server,
 )
 from balanceroute.backends.emulated import EmulatedBackend, rescale
-from balanceroute.bench import WORKER_HEADER, benchmark
+from balanceroute.bench import benchmark
 from balanceroute.config import ConfigError
 from balanceroute.config.backends import EmulatedBackendConfig, ProxyBackendConfig
 from balanceroute.config.schema import ModelConfig, ParallelConfig
 from balanceroute.policies.dispatch import DISPATCH_MODES
+from balanceroute.protocol.headers import WORKER_HEADER
 from balanceroute.proxy.telemetry import OUTCOMES
 from balanceroute.proxy.upstreams import check_targets
 from balanceroute.serving import ManagedServer, ServerError, free_port

@@ -40,11 +40,12 @@ from balanceroute.backends.checks import (
     check_positive,
     check_started_server,
 )
-from balanceroute.bench import benchmark, load_tokenizer
+from balanceroute.bench import benchmark
 from balanceroute.config import ConfigError
 from balanceroute.config.backends import VllmBackendConfig
 from balanceroute.config.schema import ModelConfig, ParallelConfig
 from balanceroute.metrics import BalanceAccumulator
+from balanceroute.protocol.tokenizer import load_tokenizer
 from balanceroute.serving import ENGINE_COUNTERS, ServerError, VllmServer, engine_counter, free_port, serve_command
 from balanceroute.serving.multinode import LayoutError, across_allocation, check_mode
 from balanceroute.sim.timeline import TIMELINE_COLUMNS

@@ -7,7 +7,7 @@ Entry points for live backends::
     result.summary, result.requests          # -> result.json / requests.parquet (write_result)
 
 Modules: :mod:`.endpoint` (one request: body, SSE parsing, token counts and times, error classes),
-:mod:`.prompts` (prompt texts and optional tokenizers), :mod:`.runner` (arrival schedule, concurrency,
+:mod:`.prompts` (prompt texts), :mod:`.runner` (arrival schedule, concurrency,
 warm-up, interruption), :mod:`.result` (records, summary, files), :mod:`.cli` (``balanceroute bench``).
 See docs/bench.md.
 """
@@ -16,14 +16,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from balanceroute.bench.endpoint import ERROR_CLASSES, WORKER_HEADER, endpoint_kind
-from balanceroute.bench.prompts import load_tokenizer
+from balanceroute.bench.endpoint import ERROR_CLASSES, endpoint_kind
 from balanceroute.bench.result import BenchResult, write_result
 from balanceroute.bench.runner import run_benchmark
 from balanceroute.workload import Workload
 
-__all__ = ["ERROR_CLASSES", "WORKER_HEADER", "BenchResult", "benchmark", "endpoint_kind", "load_tokenizer",
-           "run_benchmark", "write_result"]
+__all__ = ["ERROR_CLASSES", "BenchResult", "benchmark", "endpoint_kind", "run_benchmark", "write_result"]
 
 
 def benchmark(target_url: str, workload: Workload, **kwargs: Any) -> BenchResult:

@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from balanceroute.bench.prompts import TextTokenizer, load_tokenizer
 from balanceroute.bench.result import BenchResult, write_result
 from balanceroute.bench.runner import run_benchmark
 from balanceroute.cli_args import int_at_least, positive_number
 from balanceroute.metrics import SLO_METRICS
+from balanceroute.protocol.tokenizer import TextTokenizer, load_tokenizer
 from balanceroute.results import jsonable
 from balanceroute.workload import DISTRIBUTIONS, Workload, load_azure_trace, load_sharegpt, synthetic
 

@@ -31,9 +31,6 @@ from yarl import URL
 
 #: Endpoint kinds by URL path suffix; the value is vLLM's ``--backend`` name for the same API.
 ENDPOINTS = {"/v1/completions": "openai", "/v1/chat/completions": "openai-chat"}
-#: Response header in which this project's routing front ends (``balanceroute proxy``, the emulated fleet's DP
-#: front end) name the worker they chose; ``worker_header=WORKER_HEADER`` records it per request.
-WORKER_HEADER = "X-Balanceroute-Worker"
 
 #: Error classes a failed request is counted under (``http_<status>`` for any HTTP status other than 200).
 ERROR_CLASSES = ("connection_refused", "connection_error", "timeout", "http_<status>", "malformed_sse",

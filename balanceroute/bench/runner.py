@@ -35,8 +35,10 @@ import numpy as np
 
 from balanceroute.bench.endpoint import Outcome, build_payload, endpoint_kind, send_request
 from balanceroute.bench.progress import Progress
-from balanceroute.bench.prompts import TextTokenizer, prompt_texts
+from balanceroute.bench.prompts import prompt_texts
 from balanceroute.bench.result import BenchResult, RunInfo, build_result
+from balanceroute.protocol.headers import REQUEST_ID_HEADER
+from balanceroute.protocol.tokenizer import TextTokenizer
 from balanceroute.workload import Workload
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ async def run_benchmark(target_url: str, workload: Workload, *, model: str, stre
     - ``continuous_usage``: ask for per-chunk usage (vLLM extension) for exact per-chunk token counts.
     - ``max_concurrency``: at most this many requests in flight; ``warmup``: unrecorded requests first.
     - ``timeout_s``: per-request total timeout; ``seed``: synthetic prompt text.
-    - ``tokenizer``: makes synthetic prompts exact in length (see :mod:`balanceroute.bench.prompts`).
+    - ``tokenizer``: makes synthetic prompts exact in length (see :mod:`balanceroute.protocol.synthetic`).
     - ``extra_body``: merged into every request body; ``worker_header``: response header naming the worker a
       routing proxy chose (recorded in ``worker``).
     - ``goodput_slo_ms``, ``metadata``: passed to the summary (metadata keys such as ``request_rate`` and
@@ -109,7 +111,7 @@ async def run_benchmark(target_url: str, workload: Workload, *, model: str, stre
 
     async def send(i: int, out: Outcome, tag: str = "") -> None:
         await send_request(session, target_url, body(i), out, stream=stream, chat=chat, timeout_s=timeout_s,
-                           headers={**headers, "X-Request-Id": f"{prefix}-{tag}{i}"},
+                           headers={**headers, REQUEST_ID_HEADER: f"{prefix}-{tag}{i}"},
                            worker_header=worker_header)
 
     stop = stop or asyncio.Event()

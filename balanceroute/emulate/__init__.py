@@ -12,6 +12,6 @@ emulate`` (:mod:`.cli`) runs it; docs/emulate.md describes it.
     await fleet.stop()
 """
 from balanceroute.emulate.engine import LiveEngine, RequestRejected, TokenStream
-from balanceroute.emulate.server import WORKER_HEADER, EmulatedFleet, FleetUrls
+from balanceroute.emulate.server import EmulatedFleet, FleetUrls
 
-__all__ = ["WORKER_HEADER", "EmulatedFleet", "FleetUrls", "LiveEngine", "RequestRejected", "TokenStream"]
+__all__ = ["EmulatedFleet", "FleetUrls", "LiveEngine", "RequestRejected", "TokenStream"]

@@ -15,11 +15,11 @@ import logging
 import signal
 import sys
 
-from balanceroute.bench.prompts import load_tokenizer
 from balanceroute.cli_args import int_at_least, key_value, positive_number
 from balanceroute.emulate.engine import LiveEngine
 from balanceroute.emulate.server import EmulatedFleet
 from balanceroute.policies import make_policy
+from balanceroute.protocol.tokenizer import load_tokenizer
 from balanceroute.sim.presets import PRESETS, ModelPreset, get_preset
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import zlib
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -301,10 +299,3 @@ class LiveEngine:
                 "emulated_time_s": self.now() if self._loop is not None else 0.0, "time_scale": self.time_scale,
                 "balance": self.balance.summary() if self.barrier else None}
 
-
-def prompt_hash(parts: Iterable[str | int]) -> int:
-    """A deterministic 32-bit hash of a prompt (text parts or token ids), for policies that key on prompts."""
-    h = 0
-    for part in parts:
-        h = zlib.crc32(str(part).encode(), h)
-    return h

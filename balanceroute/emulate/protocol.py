@@ -2,8 +2,8 @@
 
 Prompt token count. A prompt given as token ids (``prompt: [1, 2, 3]``) counts exactly. Text counts with the
 tokenizer given by ``--tokenizer``, else by a fixed rule: **one token per whitespace-separated word**, which is
-exactly how the benchmark client (:mod:`balanceroute.bench.prompts`) builds synthetic prompts when it has no
-tokenizer, so a bench -> emulator run agrees on every prompt length. Chat requests count the words (or tokens) of
+exactly how the benchmark client writes synthetic prompts when it has no tokenizer
+(:mod:`balanceroute.protocol.synthetic`), so a bench -> emulator run agrees on every prompt length. Chat requests count the words (or tokens) of
 every message's text content; no chat template is added.
 
 Output length. The emulator has no model, so no request ends early: a request generates ``max_tokens`` tokens
@@ -22,14 +22,15 @@ from typing import Any
 
 import orjson
 
-from balanceroute.bench.prompts import TextTokenizer
-from balanceroute.emulate.engine import prompt_hash
+from balanceroute.protocol.prompt_key import prompt_hash
+from balanceroute.protocol.synthetic import WORDS
+from balanceroute.protocol.tokenizer import TextTokenizer
 
 #: Default ``max_tokens`` of a completions request (vLLM's CompletionRequest default).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
-#: Text of generated token k is ``VOCABULARY[k % len]``: one word with a leading space, so generated text
-#: counts back to the same number of tokens under the word rule.
-VOCABULARY = tuple(f" {w}" for w in ["the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was", "on", "be", "by", "at", "this", "from", "have", "or", "are", "not", "but", "an", "they", "which", "one", "you", "were", "all", "we", "her", "she", "there", "would", "their", "will", "when", "who", "him", "been", "has", "more", "if", "no", "out", "do", "so", "can"])
+#: Text of generated token k is ``VOCABULARY[k % len]``: a word of synthetic text with a leading space, so
+#: generated text counts back to the same number of tokens under the word rule.
+VOCABULARY = tuple(f" {w}" for w in WORDS)
 
 
 _ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}
@@ -71,7 +72,7 @@ def _completion_prompt(body: dict, tokenizer: TextTokenizer | None) -> tuple[int
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
-        return _count_text(prompt, tokenizer), prompt_hash([prompt])
+        return _count_text(prompt, tokenizer), prompt_hash(prompt)
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         return len(prompt), prompt_hash(prompt)
     raise ApiError(400, "prompt must be a string or a list of token ids (one prompt per request: the emulator "

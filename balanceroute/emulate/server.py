@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
-from balanceroute.bench.endpoint import WORKER_HEADER
-from balanceroute.bench.prompts import TextTokenizer
 from balanceroute.emulate.engine import LiveEngine, RequestRejected, TokenStream
 from balanceroute.emulate.protocol import DONE, ApiError, CompletionRequest, ResponseWriter, parse_request
+from balanceroute.protocol.headers import REQUEST_ID_HEADER, WORKER_HEADER
+from balanceroute.protocol.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class _Port:
 
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         fleet = self.fleet
-        request_id = request.headers.get("X-Request-Id") or f"{next(fleet.ids):x}"
-        headers = {"X-Request-Id": request_id}
+        request_id = request.headers.get(REQUEST_ID_HEADER) or f"{next(fleet.ids):x}"
+        headers = {REQUEST_ID_HEADER: request_id}
         try:
             parsed = parse_request(await request.read(), chat=chat, served_model=fleet.served_model_name,
                                    max_model_len=fleet.max_model_len, tokenizer=fleet.tokenizer)

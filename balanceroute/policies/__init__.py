@@ -25,8 +25,7 @@ from balanceroute.policies.policy import (
 )
 from balanceroute.policies.survival import SurvivalEstimator
 
-#: Modules of this package that define no policy: ``bench`` is the latency benchmark command (it builds
-#: snapshots through balanceroute.load, which imports this package).
+#: Modules of this package that define no policy: ``bench`` is the latency benchmark command, imported when run.
 NOT_POLICY_MODULES = frozenset({"bench"})
 
 for _module in pkgutil.iter_modules(__path__):

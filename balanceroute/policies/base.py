@@ -8,13 +8,24 @@ the same two methods, :meth:`Policy.choose` (on-arrival dispatch) and :meth:`Pol
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 
 #: Free slots reported for a worker whose batch size is not limited (``from_loads`` default).
 UNLIMITED_SLOTS = np.iinfo(np.int64).max // 4
+
+
+@functools.cache
+def _unlimited_slots(num_workers: int) -> np.ndarray:
+    """The free slots of ``num_workers`` workers without a batch limit: built once per size rather than on every
+    decision, and read-only, as snapshots share it (pool rounds work on copies, :meth:`ClusterSnapshot.copy`)."""
+    slots = np.full(num_workers, UNLIMITED_SLOTS, dtype=np.int64)
+    slots.flags.writeable = False
+    return slots
 
 
 @dataclass
@@ -46,7 +57,7 @@ class RequestTable:
         return len(self.worker)
 
     def appended(self, worker: int, prompt_len: float, prompt_hash: int = 0,
-                 output_len: int | None = None) -> "RequestTable":
+                 output_len: int | None = None) -> RequestTable:
         """A new table with one more request that has generated nothing yet."""
         n = len(self)
         remaining = np.full(n, np.nan) if self.remaining is None else self.remaining
@@ -57,8 +68,15 @@ class RequestTable:
             remaining=np.append(remaining, np.nan if output_len is None else output_len),
             prompt_hash=np.append(hashes, prompt_hash))
 
+    def take(self, rows: np.ndarray) -> RequestTable:
+        """The requests at ``rows``, in new arrays (a gather), so the table they came from may change after."""
+        return RequestTable(
+            worker=self.worker[rows], prompt_len=self.prompt_len[rows], generated=self.generated[rows],
+            remaining=None if self.remaining is None else self.remaining[rows],
+            prompt_hash=None if self.prompt_hash is None else self.prompt_hash[rows])
+
     @classmethod
-    def empty(cls) -> "RequestTable":
+    def empty(cls) -> RequestTable:
         z = np.zeros(0, dtype=np.int64)
         return cls(worker=z, prompt_len=z, generated=z, remaining=np.zeros(0), prompt_hash=z)
 
@@ -109,7 +127,7 @@ class ClusterSnapshot:
         requests: RequestTable | None = None,
         eligible: Sequence[bool] | None = None,
         epoch: int = 0,
-    ) -> "ClusterSnapshot":
+    ) -> ClusterSnapshot:
         """Build a snapshot from per-worker loads; every other field gets a consistent default.
 
         running and waiting default to 0, inflight to running + waiting, free_slots to unlimited,
@@ -151,7 +169,25 @@ class ClusterSnapshot:
             epoch=epoch,
         )
 
-    def copy(self) -> "ClusterSnapshot":
+    @classmethod
+    def from_counts(cls, kv_load: np.ndarray, running: np.ndarray, waiting: np.ndarray, *, kv_capacity: np.ndarray,
+                    kv_usage: np.ndarray, max_num_seqs: int | None = None, requests: RequestTable | None = None,
+                    epoch: int = 0) -> ClusterSnapshot:
+        """A snapshot of a load tracker's per-worker arrays, as every routing decision takes one.
+
+        On the decision's path, so cheap by design: nothing is checked or copied (the arrays are shared, read-only
+        by convention), in-flight counts are running + waiting, and free slots ``max_num_seqs`` - in-flight
+        (unlimited when None). :meth:`from_loads` is the checked way to build a snapshot by hand.
+        """
+        inflight = running + waiting
+        if max_num_seqs is None:
+            free = _unlimited_slots(len(kv_load))
+        else:
+            free = np.maximum(max_num_seqs - inflight, 0)
+        return cls(kv_load=kv_load, running=running, waiting=waiting, inflight=inflight, free_slots=free,
+                   kv_capacity=kv_capacity, kv_usage=kv_usage, requests=requests, epoch=epoch)
+
+    def copy(self) -> ClusterSnapshot:
         """A deep copy whose arrays a pool-mode assignment may update in place."""
         return dataclasses.replace(
             self,

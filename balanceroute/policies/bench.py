@@ -6,15 +6,18 @@
 The cluster: G workers, each holding ``active-per-worker`` unfinished requests with Azure-conversation-like
 lengths (lognormal prompts of mean ~1155 tokens, lognormal outputs of mean ~211 tokens, clipped to 32k / 4k),
 each part-way through its output (age uniform in [0, output)), placed round-robin; two free batch slots per
-worker. Learning policies first see 5000 finished requests from the same distribution (a few hundred distinct
-prompt hashes, so exact matches exist).
+worker. It is built from the policy types alone (:class:`Cluster`), as a backend's load tracker
+(:class:`balanceroute.load.LoadTracker`) would hold it after routing those requests, so that this command needs
+nothing above the policies. Learning policies first see 5000 finished requests from the same distribution (a few
+hundred distinct prompt hashes, so exact matches exist).
 
 What is timed, with ``time.perf_counter_ns`` after a warm-up and with the garbage collector off (``--iterations``
 calls, fewer for a policy so slow that they would take more than ``--budget-s`` seconds, e.g. phi at G = 64):
 
 - ``choose``: ``policy.choose(snapshot, prompt_len)`` on a prebuilt snapshot: the policy's own decision cost.
-- ``snapshot+choose``: ``tracker.snapshot(with_requests=policy.needs_requests)`` plus ``choose``: what a
-  backend pays per on-arrival decision.
+- ``snapshot+choose``: :meth:`Cluster.snapshot` (``with_requests=policy.needs_requests``) plus ``choose``: what
+  a backend pays per on-arrival decision, as the snapshot is built by the code the load tracker's runs
+  (:meth:`ClusterSnapshot.from_counts`, :meth:`RequestTable.take`).
 - ``assign`` (pool-mode policies only): one pool round placing a pool of 2G waiting requests into the 2G free
   slots (greedy then scarce stage for br0/br_h).
 
@@ -30,11 +33,18 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from balanceroute.load import LoadTracker
-from balanceroute.policies import PendingRequests, Policy, available_policies, make_policy
+from balanceroute.policies import (
+    ClusterSnapshot,
+    PendingRequests,
+    Policy,
+    RequestTable,
+    available_policies,
+    make_policy,
+)
 
 PROMPT_MEAN, OUTPUT_MEAN = 1155.0, 211.0
 PROMPT_MAX, OUTPUT_MAX = 32768, 4096
@@ -53,20 +63,46 @@ def _lognormal(rng: np.random.Generator, mean: float, size: int, high: int) -> n
     return np.clip(rng.lognormal(np.log(mean) - SIGMA ** 2 / 2, SIGMA, size), 1, high).astype(np.int64)
 
 
-def build_tracker(workers: int, active_per_worker: int, seed: int = 0) -> LoadTracker:
-    """A tracker holding ``workers * active_per_worker`` running requests part-way through their outputs."""
+@dataclass(frozen=True)
+class Cluster:
+    """The state a backend's load tracker keeps: per-worker counts and limits, and the requests it has routed
+    (``requests``: one row per slot, ``active`` marking the slots of unfinished ones)."""
+
+    kv_load: np.ndarray
+    running: np.ndarray
+    waiting: np.ndarray
+    kv_capacity: np.ndarray
+    kv_usage: np.ndarray
+    max_num_seqs: int
+    requests: RequestTable
+    active: np.ndarray
+
+    def snapshot(self, *, with_requests: bool = False) -> ClusterSnapshot:
+        """What :meth:`balanceroute.load.LoadTracker.snapshot` returns for this state, built the same way."""
+        return ClusterSnapshot.from_counts(
+            self.kv_load, self.running, self.waiting, kv_capacity=self.kv_capacity, kv_usage=self.kv_usage,
+            max_num_seqs=self.max_num_seqs,
+            requests=self.requests.take(np.flatnonzero(self.active)) if with_requests else None)
+
+
+def build_cluster(workers: int, active_per_worker: int, seed: int = 0) -> Cluster:
+    """``workers * active_per_worker`` running requests part-way through their outputs, placed round-robin.
+
+    ``remaining`` holds the true remaining output (the simulator's knowledge, for oracle predictors).
+    """
     rng = np.random.default_rng(seed)
     n = workers * active_per_worker
-    tracker = LoadTracker(workers, max_num_seqs=active_per_worker + FREE_SLOTS_PER_WORKER, initial_slots=n)
     prompts = _lognormal(rng, PROMPT_MEAN, n, PROMPT_MAX)
     outputs = _lognormal(rng, OUTPUT_MEAN, n, OUTPUT_MAX)
     hashes = rng.integers(1, DISTINCT_PROMPTS, n)
-    slots = np.array([
-        tracker.routed(i, i % workers, int(prompts[i]), prompt_hash=int(hashes[i]), output_len=int(outputs[i]),
-                       running=True)
-        for i in range(n)])
-    tracker.tokens_bulk(slots, (rng.random(n) * outputs).astype(np.int64))
-    return tracker
+    generated = (rng.random(n) * outputs).astype(np.int64)
+    requests = RequestTable(worker=np.arange(n) % workers, prompt_len=prompts, generated=generated,
+                            remaining=(outputs - generated).astype(np.float64), prompt_hash=hashes)
+    return Cluster(
+        kv_load=np.bincount(requests.worker, weights=requests.load, minlength=workers),
+        running=np.bincount(requests.worker, minlength=workers), waiting=np.zeros(workers, dtype=np.int64),
+        kv_capacity=np.full(workers, np.inf), kv_usage=np.zeros(workers),
+        max_num_seqs=active_per_worker + FREE_SLOTS_PER_WORKER, requests=requests, active=np.ones(n, dtype=bool))
 
 
 def warm_up(policy: Policy, seed: int = 0) -> None:
@@ -117,28 +153,28 @@ def _has_pool_mode(policy: Policy) -> bool:
 def run_benchmark(workers: int, active_per_worker: int, policies: Sequence[str], iterations: int = 2000,
                   seed: int = 0, budget_s: float = DEFAULT_BUDGET_S) -> dict[str, dict[str, float]]:
     """Time every policy; returns ``{policy: {"p50_us", "p99_us", "with_snapshot_p50_us", ...}}``."""
-    tracker = build_tracker(workers, active_per_worker, seed)
+    cluster = build_cluster(workers, active_per_worker, seed)
     rng = np.random.default_rng(seed + 2)
     arrivals = _lognormal(rng, PROMPT_MEAN, 1024, PROMPT_MAX).tolist()
     pending = PendingRequests(prompt_len=_lognormal(rng, PROMPT_MEAN, 2 * workers, PROMPT_MAX),
                               prompt_hash=rng.integers(1, DISTINCT_PROMPTS, 2 * workers),
                               output_len=_lognormal(rng, OUTPUT_MEAN, 2 * workers, OUTPUT_MAX))
-    return {name: _time_policy(make_policy(name, seed=seed), tracker, arrivals, pending, iterations, seed,
+    return {name: _time_policy(make_policy(name, seed=seed), cluster, arrivals, pending, iterations, seed,
                                budget_s)
             for name in policies}
 
 
-def _time_policy(policy: Policy, tracker: LoadTracker, arrivals: list[int], pending: PendingRequests,
+def _time_policy(policy: Policy, cluster: Cluster, arrivals: list[int], pending: PendingRequests,
                  iterations: int, seed: int, budget_s: float) -> dict[str, float]:
     warm_up(policy, seed)
     warmup = max(50, iterations // 10)
     with_requests = policy.needs_requests
-    snap = tracker.snapshot(with_requests=with_requests)
+    snap = cluster.snapshot(with_requests=with_requests)
     row = {}
     row["p50_us"], row["p99_us"], row["n"] = _time(
         lambda i: policy.choose(snap, arrivals[i & 1023]), iterations, warmup, budget_s)
     row["with_snapshot_p50_us"], row["with_snapshot_p99_us"], _ = _time(
-        lambda i: policy.choose(tracker.snapshot(with_requests=with_requests), arrivals[i & 1023]),
+        lambda i: policy.choose(cluster.snapshot(with_requests=with_requests), arrivals[i & 1023]),
         iterations, warmup, budget_s)
     if _has_pool_mode(policy):
         rounds = max(MIN_TIMED, iterations // 10)
@@ -152,7 +188,7 @@ def format_table(results: dict[str, dict[str, float]], workers: int, active_per_
     lines = [
         (f"decision latency in microseconds, G={workers} workers, {active_per_worker} active requests/worker "
          f"({workers * active_per_worker} total)"),
-        ("choose = policy.choose on a prebuilt snapshot; snapshot+choose adds tracker.snapshot(); "
+        ("choose = policy.choose on a prebuilt snapshot; snapshot+choose adds building it as a load tracker does; "
          f"assign = one pool round placing {2 * workers} waiting requests into {2 * workers} free slots"),
         (f"{'policy':<14}{'choose p50':>12}{'choose p99':>12}{'n':>6}{'snap+ch p50':>13}{'snap+ch p99':>13}"
          f"{'assign p50':>12}{'assign p99':>12}{'n':>6}"),

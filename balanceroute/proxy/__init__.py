@@ -8,7 +8,7 @@ and pool dispatch over :class:`balanceroute.load.Router`, dead backends masked),
 the response stream, exact release), :mod:`.prompt` (prompt length at routing time), :mod:`.upstreams` (backend
 health), :mod:`.telemetry` (/metrics, /stats), :mod:`.service` (serving and graceful shutdown), :mod:`.cli`.
 """
-from balanceroute.proxy.server import REQUEST_ID_HEADER, WORKER_HEADER, ProxyConfig, RoutingProxy
+from balanceroute.proxy.server import ProxyConfig, RoutingProxy
 from balanceroute.proxy.service import serve
 
-__all__ = ["REQUEST_ID_HEADER", "WORKER_HEADER", "ProxyConfig", "RoutingProxy", "serve"]
+__all__ = ["ProxyConfig", "RoutingProxy", "serve"]

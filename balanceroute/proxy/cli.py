@@ -17,6 +17,7 @@ import sys
 from balanceroute.cli_args import int_at_least, key_value, positive_number
 from balanceroute.policies import available_policies
 from balanceroute.policies.dispatch import DISPATCH_MODES
+from balanceroute.protocol.tokenizer import load_tokenizer
 from balanceroute.proxy.server import ProxyConfig, RoutingProxy
 from balanceroute.proxy.service import serve
 
@@ -83,11 +84,7 @@ def build_proxy(args: argparse.Namespace) -> RoutingProxy:
         dispatch=args.dispatch, max_num_seqs=args.max_num_seqs, seed=args.seed,
         health_interval_s=args.health_interval, health_timeout_s=args.health_timeout,
         connect_timeout_s=args.connect_timeout, request_timeout_s=args.request_timeout)
-    tokenizer = None
-    if args.tokenizer:
-        from balanceroute.bench import load_tokenizer
-        tokenizer = load_tokenizer(args.tokenizer)
-    return RoutingProxy(config, tokenizer=tokenizer)
+    return RoutingProxy(config, tokenizer=load_tokenizer(args.tokenizer) if args.tokenizer else None)
 
 
 def _tracker(args: argparse.Namespace, proxy: RoutingProxy):

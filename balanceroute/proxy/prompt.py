@@ -4,7 +4,7 @@ The router must charge a request's prompt to a backend's KV load the moment it r
 (``usage.prompt_tokens``) arrives only with the response and then corrects the charge (:mod:`.accounting`).
 
 - With a tokenizer (``--tokenizer``: a folder holding tokenizer.json or a ``transformers`` name, loaded by
-  :func:`balanceroute.bench.load_tokenizer`): the token count of the prompt text. Chat messages are counted
+  :func:`balanceroute.protocol.tokenizer.load_tokenizer`): the token count of the prompt text. Chat messages are counted
   as their concatenated text contents, without the chat template (a template adds a few tokens per message,
   which the usage correction then adds).
 - Without one, the estimate is ``ceil(UTF-8 bytes / 4)`` of that text: the usual rule of thumb for BPE
@@ -14,16 +14,18 @@ The router must charge a request's prompt to a backend's KV load the moment it r
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from balanceroute.bench.prompts import TextTokenizer
+from balanceroute.protocol.tokenizer import TextTokenizer
 
 #: UTF-8 bytes per token of the estimate.
 BYTES_PER_TOKEN = 4
 
 
-def prompt_parts(body: dict[str, Any], chat: bool) -> tuple[str, int]:
-    """The prompt's text and the number of tokens given directly as ids (completions with token-id prompts)."""
+def prompt_parts(body: dict[str, Any], chat: bool) -> tuple[str, list[int]]:
+    """The prompt's text and the tokens given directly as ids (completions with token-id prompts), one of them
+    empty; the prompt is keyed by whichever it is (:func:`balanceroute.protocol.prompt_key.prompt_hash`)."""
     if chat:
         texts = []
         for message in body.get("messages") or ():
@@ -32,18 +34,18 @@ def prompt_parts(body: dict[str, Any], chat: bool) -> tuple[str, int]:
                 texts.append(content)
             elif isinstance(content, list):  # multi-part content: the text parts count
                 texts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-        return "\n".join(texts), 0
+        return "\n".join(texts), []
     prompt = body.get("prompt")
     if isinstance(prompt, str):
-        return prompt, 0
+        return prompt, []
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
-            return "\n".join(prompt), 0
+            return "\n".join(prompt), []
         if isinstance(prompt[0], int):
-            return "", len(prompt)
+            return "", prompt
         if all(isinstance(p, list) for p in prompt):
-            return "", sum(len(p) for p in prompt)
-    return "", 0
+            return "", [t for p in prompt for t in p]
+    return "", []
 
 
 class PromptCounter:
@@ -52,9 +54,9 @@ class PromptCounter:
     def __init__(self, tokenizer: TextTokenizer | None = None) -> None:
         self.tokenizer = tokenizer
 
-    def __call__(self, text: str, token_ids: int = 0) -> int:
+    def __call__(self, text: str, token_ids: Sequence[int] = ()) -> int:
         if not text:
-            return max(1, token_ids)
+            return max(1, len(token_ids))
         if self.tokenizer is not None:
-            return max(1, token_ids + len(self.tokenizer.encode(text)))
-        return max(1, token_ids + -(-len(text.encode()) // BYTES_PER_TOKEN))
+            return max(1, len(token_ids) + len(self.tokenizer.encode(text)))
+        return max(1, len(token_ids) + -(-len(text.encode()) // BYTES_PER_TOKEN))

@@ -30,7 +30,6 @@ import itertools
 import logging
 import secrets
 import time
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,12 +39,13 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from balanceroute.bench.endpoint import WORKER_HEADER
-from balanceroute.bench.prompts import TextTokenizer
 from balanceroute.load import LoadTracker
 from balanceroute.policies import make_policy
 from balanceroute.policies.checks import int_problem
 from balanceroute.policies.dispatch import DISPATCH_MODES
+from balanceroute.protocol.headers import REQUEST_ID_HEADER, WORKER_HEADER
+from balanceroute.protocol.prompt_key import prompt_hash
+from balanceroute.protocol.tokenizer import TextTokenizer
 from balanceroute.proxy.accounting import StreamAccount, Ticket
 from balanceroute.proxy.dispatch import LiveRouter, NoLiveBackendError, make_dispatcher
 from balanceroute.proxy.prompt import PromptCounter, prompt_parts
@@ -54,7 +54,6 @@ from balanceroute.proxy.upstreams import HealthMonitor, Upstreams, check_targets
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-Id"
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
 #: Request headers not forwarded: hop-by-hop headers, and those the proxy's client sets itself.
 _DROP_HEADERS = frozenset(h.lower() for h in (
@@ -200,14 +199,14 @@ class RoutingProxy:
                 strip_usage = True
         text, token_ids = prompt_parts(body, chat)
         prompt_len = self.count_prompt(text, token_ids)
-        prompt_hash = (zlib.crc32(text.encode()) or 1) if text else 0  # keys exact-match length predictors
+        prompt_key = prompt_hash(text or token_ids)  # keys exact-match length predictors as the simulator does
         request_id = request.headers.get(REQUEST_ID_HEADER) or f"{self._id_prefix}-{next(self._keys)}"
         headers = _forward_headers(request.headers, request_id)
         failure: _BeforeStream | None = None
         for _attempt in range(2):
             key = next(self._keys)
             try:
-                worker = await self.dispatcher.acquire(key, prompt_len, prompt_hash)
+                worker = await self.dispatcher.acquire(key, prompt_len, prompt_key)
             except NoLiveBackendError:
                 self.telemetry.error("no_backend")
                 return _error(503, "no healthy backend to route to")

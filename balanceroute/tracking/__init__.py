@@ -18,57 +18,23 @@ Everything a tracker receives passes :func:`~balanceroute.tracking.secrets.redac
 """
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from balanceroute.results import jsonable, write_run_files
 from balanceroute.tracking.secrets import redact
+from balanceroute.tracking.tracker import NullTracker, Tracker
+from balanceroute.tracking.wandb_sink import WandbOptions, start_wandb
 
-log = logging.getLogger(__name__)
+__all__ = ["TRACKERS", "NullTracker", "Tracker", "finishing", "make_tracker", "record_run"]
 
-#: ``logger.name`` values; modules are imported only when chosen, so ``none`` never imports wandb.
+#: ``logger.name`` values (the wandb package itself is imported only when ``wandb`` is chosen).
 TRACKERS = ("none", "wandb")
-
-
-class Tracker(Protocol):
-    """Where a run is mirrored besides its folder. Every method is safe to call whatever happened before."""
-
-    def log_load(self, time_s: float, kv_load: np.ndarray, running: np.ndarray | None = None,
-                 waiting: np.ndarray | None = None) -> None:
-        """Per-worker load at one moment (KV tokens; optionally running and waiting requests)."""
-
-    def log_timeline(self, timeline: pd.DataFrame) -> None:
-        """A whole load timeline (``timeline.parquet`` columns), thinned to the tracker's resolution."""
-
-    def log_run(self, result: Mapping[str, Any], requests: pd.DataFrame | None, run_dir: Path) -> None:
-        """The finished run: its summary (result.json), a sample of its requests and its result files."""
-
-    def finish(self, *, failed: bool = False) -> None:
-        """Close the tracked run (marked failed if the run raised)."""
-
-
-class NullTracker:
-    """``logger=none``: the run folder is the only record."""
-
-    def log_load(self, time_s: float, kv_load: np.ndarray, running: np.ndarray | None = None,
-                 waiting: np.ndarray | None = None) -> None:
-        pass
-
-    def log_timeline(self, timeline: pd.DataFrame) -> None:
-        pass
-
-    def log_run(self, result: Mapping[str, Any], requests: pd.DataFrame | None, run_dir: Path) -> None:
-        pass
-
-    def finish(self, *, failed: bool = False) -> None:
-        pass
 
 
 def make_tracker(logger: Mapping[str, Any], *, run_dir: str | os.PathLike, config: Mapping[str, Any],
@@ -84,8 +50,6 @@ def make_tracker(logger: Mapping[str, Any], *, run_dir: str | os.PathLike, confi
     if kind == "none":
         return NullTracker()
     if kind == "wandb":
-        from balanceroute.tracking.wandb_sink import WandbOptions, start_wandb
-
         return start_wandb(WandbOptions.from_config(logger), run_dir=Path(run_dir), config=redact(jsonable(config)),
                            name=name)
     raise ValueError(f"unknown logger {kind!r}; valid loggers: {', '.join(TRACKERS)}")

@@ -31,6 +31,7 @@ import pandas as pd
 from balanceroute.results import REQUESTS_FILE, RESULT_FILE, TIMELINE_FILE
 from balanceroute.tracking.records import request_latencies
 from balanceroute.tracking.secrets import redact
+from balanceroute.tracking.tracker import NullTracker
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,13 @@ class WandbOptions:
 
 
 def start_wandb(options: WandbOptions, *, run_dir: Path, config: Mapping[str, Any], name: str):
-    """A started :class:`WandbTracker`, or a :class:`~balanceroute.tracking.NullTracker` (with a warning) when
-    W&B cannot start. Raises ValueError if the wandb package is missing: the user asked for it explicitly."""
+    """A started :class:`WandbTracker`, or a :class:`~balanceroute.tracking.tracker.NullTracker` (with a warning)
+    when W&B cannot start. Raises ValueError if the wandb package is missing: the user asked for it explicitly."""
     try:
         import wandb
     except ImportError:
         raise ValueError("the wandb package is not installed; pip install 'balanceroute[wandb]', "
                          "or run with logger=none") from None
-    from balanceroute.tracking import NullTracker
-
     run_dir.mkdir(parents=True, exist_ok=True)
     timeout = float(options.init_timeout_s)  # login_timeout: never wait on an interactive login prompt for longer
     settings = wandb.Settings(init_timeout=timeout, login_timeout=timeout, console="off", save_code=False,

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from balanceroute.load import Router
+from balanceroute.protocol.prompt_key import prompt_hash
 from balanceroute.vllm_plugin.config import RouterConfig
 from balanceroute.vllm_plugin.decision_log import DecisionLog
 from balanceroute.vllm_plugin.engine_load import EngineLoadTracker
@@ -21,14 +22,6 @@ log = logging.getLogger(__name__)
 
 #: Finish reasons after which a request's output length is not a completed sample for learning policies.
 ABORT_REASONS = frozenset({"abort", "error"})
-_HASH_MASK = (1 << 62) - 1
-
-
-def prompt_hash(token_ids: Sequence[int] | None) -> int:
-    """A non-zero integer key of a prompt's tokens, equal for equal prompts (exact-match predictors)."""
-    if not token_ids:
-        return 0
-    return (hash(tuple(token_ids)) & _HASH_MASK) or 1
 
 
 class ClientRouter:

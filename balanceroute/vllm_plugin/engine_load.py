@@ -51,9 +51,6 @@ class EngineLoadTracker(LoadTracker):
     def set_inflight(self, inflight: Sequence[int]) -> None:
         self.inflight[:] = inflight
 
-    def prompt_len_of(self, request_id) -> int:
-        return int(self._prompt[self.slot_of(request_id)])
-
     def snapshot(self, *, with_requests: bool = False) -> ClusterSnapshot:
         snap = super().snapshot(with_requests=with_requests)
         snap = dataclasses.replace(

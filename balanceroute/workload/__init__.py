@@ -15,7 +15,7 @@ One module per job, as vLLM's benchmark datasets are organised; this package's n
 - :mod:`~balanceroute.workload.azure`: :func:`load_azure_trace`, Azure-style CSV traces
   (``TIMESTAMP, ContextTokens, GeneratedTokens``), replayed on their own timestamps or re-timed to a rate.
 - :mod:`~balanceroute.workload.sharegpt`: :func:`load_sharegpt`, ShareGPT JSON conversations (prompt texts
-  kept for live backends), and :func:`prompt_hash`.
+  kept for live backends).
 - :mod:`~balanceroute.workload.generated`: :func:`synthetic`, heavy-tailed lengths whose defaults match the
   Azure 2023 conversation trace.
 
@@ -41,10 +41,10 @@ from balanceroute.workload.generated import (
     DISTRIBUTIONS,
     synthetic,
 )
-from balanceroute.workload.sharegpt import CHARS_PER_TOKEN, Tokenizer, load_sharegpt, prompt_hash
+from balanceroute.workload.sharegpt import CHARS_PER_TOKEN, Tokenizer, load_sharegpt
 
 __all__ = [
     "AZURE_CONV_OUTPUT_MEAN", "AZURE_CONV_OUTPUT_SIGMA", "AZURE_CONV_PROMPT_MEAN", "AZURE_CONV_PROMPT_SIGMA",
     "CHARS_PER_TOKEN", "CONTEXT_TOKENS", "DISTRIBUTIONS", "GENERATED_TOKENS", "TIMESTAMP", "Tokenizer", "Workload",
-    "WorkloadError", "arrival_times", "load_azure_trace", "load_sharegpt", "prompt_hash", "synthetic",
+    "WorkloadError", "arrival_times", "load_azure_trace", "load_sharegpt", "synthetic",
 ]

@@ -1,11 +1,11 @@
 """ShareGPT JSON conversations: one request per conversation, prompt texts kept for live backends.
 
-The only source with real prompt texts, so it also defines :func:`prompt_hash`, the key of a text that
-exact-match predictors read from ``Workload.prompt_hash``.
+The only source with real prompt texts: each is keyed by :func:`balanceroute.protocol.prompt_key.prompt_hash`
+(the key the proxy and the emulator compute for the same text), which exact-match predictors read from
+``Workload.prompt_hash``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from balanceroute.protocol.prompt_key import prompt_hash
 from balanceroute.workload.arrivals import arrival_times, check_rate
 from balanceroute.workload.base import SAMPLE_STREAM, Workload, WorkloadError, check_count, random_stream, take_first
 
@@ -30,12 +31,6 @@ class Tokenizer(Protocol):
     """Anything with ``encode(text) -> list`` (a Hugging Face tokenizer qualifies)."""
 
     def encode(self, text: str) -> Sequence[Any]: ...
-
-
-def prompt_hash(text: str) -> int:
-    """Stable 63-bit key of a prompt text (BLAKE2b), never 0 (0 means unknown); the same in every process."""
-    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 1
-    return h or 1
 
 
 def _first_exchange(entry: Any, index: int, path: Path) -> tuple[str, str] | None:

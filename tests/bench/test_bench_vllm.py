@@ -12,7 +12,8 @@ import math
 
 import pytest
 
-from balanceroute.bench import load_tokenizer, run_benchmark
+from balanceroute.bench import run_benchmark
+from balanceroute.protocol.tokenizer import load_tokenizer
 from balanceroute.workload import synthetic
 from tests.support import vllm_cpu
 from tests.support.bench import BENCH_MAIN, make_workload

@@ -12,11 +12,10 @@ import dataclasses
 import pytest
 
 from balanceroute.bench import benchmark
-from balanceroute.emulate import WORKER_HEADER
 from balanceroute.policies import make_policy
+from balanceroute.protocol.headers import WORKER_HEADER
 from balanceroute.sim import SimConfig, simulate
 from tests.support.parity import conclusive_run, fleet_process, parity_workload, spaced_workload
-
 
 pytestmark = pytest.mark.wallclock  # routing equal to the simulator's needs tokens on time
 

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 from fleet_helpers import metric_values, sse_events
-from tests.support.waiting import wait_for
 
-from balanceroute.emulate import WORKER_HEADER
 from balanceroute.emulate.protocol import COMPLETIONS_DEFAULT_MAX_TOKENS
+from balanceroute.protocol.headers import WORKER_HEADER
 from balanceroute.sim.presets import get_preset
+from tests.support.waiting import wait_for
 
 TINY = get_preset("tiny")
 

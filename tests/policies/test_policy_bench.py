@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from balanceroute.policies import available_policies
-from balanceroute.policies.bench import main
+from balanceroute.load import LoadTracker
+from balanceroute.policies import ClusterSnapshot, available_policies
+from balanceroute.policies.bench import build_cluster, main
 
 
 def test_json_output_has_percentiles_for_every_policy(capsys):
@@ -39,3 +41,25 @@ def test_unknown_policy_is_rejected_with_the_valid_names(capsys):
         main(["--policies", "br0,nope"])
     err = capsys.readouterr().err
     assert "unknown policy nope" in err and "jsq_load" in err
+
+
+
+@pytest.mark.parametrize("workers, active", [(3, 4), (8, 200)])
+def test_the_cluster_snapshots_as_a_load_tracker_holding_its_requests_would(workers, active):
+    cluster = build_cluster(workers, active, seed=5)
+    table = cluster.requests
+    assert len(table) == workers * active and np.all(table.generated < table.generated + table.remaining)
+    tracker = LoadTracker(workers, max_num_seqs=active + 2)
+    for i in range(len(table)):
+        tracker.routed(i, int(table.worker[i]), int(table.prompt_len[i]), prompt_hash=int(table.prompt_hash[i]),
+                       output_len=int(table.generated[i] + table.remaining[i]), running=True)
+        tracker.tokens(i, int(table.generated[i]))
+    for with_requests in (False, True):
+        ours, theirs = cluster.snapshot(with_requests=with_requests), tracker.snapshot(with_requests=with_requests)
+        for name in ClusterSnapshot.FIELDS:
+            np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name), err_msg=name)
+        assert (ours.requests is None) == (theirs.requests is None) == (not with_requests)
+    ours, theirs = cluster.snapshot(with_requests=True).requests, tracker.request_table()
+    for name in ("worker", "prompt_len", "generated", "remaining", "prompt_hash"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name), err_msg=name)
+    assert np.all(cluster.snapshot().free_slots == 2)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from balanceroute.proxy import WORKER_HEADER
+from balanceroute.protocol.headers import WORKER_HEADER
 
 
 @dataclass

@@ -73,14 +73,14 @@ def test_ticket_releases_once():
 
 
 @pytest.mark.parametrize("body, chat, parts", [
-    ({"prompt": "hello world"}, False, ("hello world", 0)),
-    ({"prompt": ["ab", "cd"]}, False, ("ab\ncd", 0)),
-    ({"prompt": [1, 2, 3]}, False, ("", 3)),
-    ({"prompt": [[1, 2], [3]]}, False, ("", 3)),
+    ({"prompt": "hello world"}, False, ("hello world", [])),
+    ({"prompt": ["ab", "cd"]}, False, ("ab\ncd", [])),
+    ({"prompt": [1, 2, 3]}, False, ("", [1, 2, 3])),
+    ({"prompt": [[1, 2], [3]]}, False, ("", [1, 2, 3])),
     ({"messages": [{"role": "system", "content": "be brief"},
                    {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url"}]}]},
-     True, ("be brief\nhi", 0)),
-    ({"prompt": None}, False, ("", 0)),
+     True, ("be brief\nhi", [])),
+    ({"prompt": None}, False, ("", [])),
 ])
 def test_prompt_parts(body, chat, parts):
     assert prompt_parts(body, chat) == parts
@@ -90,7 +90,7 @@ def test_prompt_estimate_is_utf8_bytes_over_four_and_a_tokenizer_counts_exactly(
     estimate = PromptCounter()
     assert estimate("abcdefgh") == 2 and estimate("abcdefghi") == 3
     assert estimate("日本語") == 3  # 9 bytes
-    assert estimate("", 5) == 5 and estimate("") == 1
+    assert estimate("", [7] * 5) == 5 and estimate("") == 1
 
     class Words:
         def encode(self, text):

@@ -10,11 +10,11 @@ import pytest
 from aiohttp import web
 
 from balanceroute.bench import run_benchmark
-from balanceroute.proxy import WORKER_HEADER
+from balanceroute.protocol.headers import WORKER_HEADER
 from tests.proxy.client import completion_body, post
 from tests.proxy.test_reliability import assert_no_load
-from tests.support.waiting import wait_for
 from tests.support.bench import make_workload
+from tests.support.waiting import wait_for
 
 
 async def test_bench_client_through_proxy_records_the_worker_and_round_robin_spreads(backend_factory,

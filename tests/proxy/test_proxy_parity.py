@@ -29,12 +29,12 @@ import numpy as np
 import pytest
 
 from balanceroute.backends.proxy import COMMAND
-from balanceroute.bench import WORKER_HEADER, benchmark
+from balanceroute.bench import benchmark
 from balanceroute.policies import make_policy
+from balanceroute.protocol.headers import WORKER_HEADER
 from balanceroute.serving import ManagedServer, free_port
 from balanceroute.sim import SimConfig, simulate
 from tests.support.parity import conclusive_run, fleet_process, parity_workload, spaced_workload
-
 
 pytestmark = pytest.mark.wallclock  # routing equal to the simulator's needs tokens on time
 

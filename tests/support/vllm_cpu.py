@@ -131,7 +131,8 @@ def crosscheck(server: ServedModel, workload: Workload, work_dir: Path, repeats:
     A first pass (discarded) warms vLLM's CPU kernels up for the batch shapes of this workload; then the
     clients alternate in ABBA order, so that a drift of the machine's speed hits both alike.
     """
-    from balanceroute.bench import benchmark, load_tokenizer
+    from balanceroute.bench import benchmark
+    from balanceroute.protocol.tokenizer import load_tokenizer
 
     trace = write_timed_trace(workload, work_dir / "trace.jsonl")
     tokenizer = load_tokenizer(server.model_dir)

@@ -18,7 +18,7 @@ import numpy as np
 
 from balanceroute.load import LoadTracker, Router
 from balanceroute.policies import make_policy
-from balanceroute.vllm_plugin.client_router import prompt_hash
+from balanceroute.protocol.prompt_key import prompt_hash
 
 #: Policies whose decisions depend only on what both the simulator and the plugin track exactly (KV load,
 #: requests, in-flight counts); vllm_default / vllm_kv read the coordinator's counts instead.

@@ -13,7 +13,7 @@ import pytest
 
 from balanceroute.policies import ClusterSnapshot, make_policy
 from balanceroute.vllm_plugin import serve_cli
-from balanceroute.vllm_plugin.client_router import ClientRouter, prompt_hash
+from balanceroute.vllm_plugin.client_router import ClientRouter
 from balanceroute.vllm_plugin.compat import TESTED_VERSIONS, version_problems
 from balanceroute.vllm_plugin.config import DECISION_LOG_ENV, PARAMS_ENV, ROUTER_ENV, UNPATCHED_ENV, RouterConfig
 from balanceroute.vllm_plugin.decision_log import DecisionLog, engine_totals, read_decision_log
@@ -137,12 +137,6 @@ def test_vllm_kv_on_a_snapshot_matches_vllm_0_32s_score():
                                       kv_usage=[0.9, 0.1, 0.4])
     # engine 0: max(3, 3) + 1*6*0.4 = 5.4; engine 1: max(5, 5) = 5; engine 2: max(1, 2) + 0 = 2
     assert make_policy("vllm_kv").choose(snap, 10) == 2
-
-
-def test_prompt_hash_keys_equal_prompts_and_is_never_zero():
-    assert prompt_hash([1, 2, 3]) == prompt_hash([1, 2, 3]) != prompt_hash([3, 2, 1])
-    assert prompt_hash([]) == 0 and prompt_hash(None) == 0
-    assert all(prompt_hash([i]) > 0 for i in range(1000))
 
 
 # ---- the decision log --------------------------------------------------------------------------------------------
