@@ -37,6 +37,7 @@ from balanceroute.bench.endpoint import Outcome, build_payload, endpoint_kind, s
 from balanceroute.bench.progress import Progress
 from balanceroute.bench.prompts import prompt_texts
 from balanceroute.bench.result import BenchResult, RunInfo, build_result
+from balanceroute.policies.checks import int_problem, number_problem
 from balanceroute.protocol.headers import REQUEST_ID_HEADER
 from balanceroute.protocol.tokenizer import TextTokenizer
 from balanceroute.workload import Workload
@@ -47,13 +48,12 @@ _SPIN_S = 0.0015  # final stretch of each wait spent yielding instead of sleepin
 
 
 def _check_options(max_concurrency: int | None, warmup: int, timeout_s: float | None) -> None:
-    if max_concurrency is not None and (isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
-                                        or max_concurrency < 1):
-        raise ValueError(f"max_concurrency must be an integer >= 1 or None (unlimited), got {max_concurrency!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an integer >= 0 (requests), got {warmup!r}")
-    if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
-        raise ValueError(f"timeout_s must be a number of seconds > 0 or None (no timeout), got {timeout_s!r}")
+    problems = {"max_concurrency": None if max_concurrency is None else int_problem(max_concurrency, 1),
+                "warmup": int_problem(warmup, 0),
+                "timeout_s": None if timeout_s is None else number_problem(timeout_s, 0, low_open=True, allow_inf=True)}
+    for name, problem in problems.items():
+        if problem:
+            raise ValueError(f"{name} {problem.replace(', got', ' or None, got', 1) if name != 'warmup' else problem}")
 
 
 def _headers() -> dict[str, str]:

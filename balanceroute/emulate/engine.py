@@ -36,6 +36,7 @@ import numpy as np
 from balanceroute.load import LoadTracker, Router
 from balanceroute.metrics import BalanceAccumulator
 from balanceroute.policies import Policy
+from balanceroute.policies.checks import int_problem, number_problem
 from balanceroute.sim.group import RID, C, J, StepGroup, W
 from balanceroute.sim.presets import ModelPreset
 from balanceroute.sim.state import ABORTED, QUEUED, RUNNING, RequestState
@@ -94,10 +95,10 @@ class LiveEngine:
 
     def __init__(self, model: ModelPreset, num_workers: int, policy: Policy, *, barrier: bool = True,
                  time_scale: float = 1.0, timeline_max_rows: int = 4096) -> None:
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-            raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
-        if not (isinstance(time_scale, (int, float)) and math.isfinite(time_scale) and time_scale > 0):
-            raise ValueError(f"time_scale must be a number > 0 (1 = the modelled GPU's speed), got {time_scale!r}")
+        for name, problem in (("num_workers", int_problem(num_workers, 1)),
+                              ("time_scale", number_problem(time_scale, 0, low_open=True))):
+            if problem:
+                raise ValueError(f"{name} {problem}")
         self.model = model
         self.num_workers = g = num_workers
         self.barrier = barrier

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from balanceroute.policies.checks import int_problem
 from balanceroute.protocol.prompt_key import prompt_hash
 from balanceroute.protocol.synthetic import WORDS
 from balanceroute.protocol.tokenizer import TextTokenizer
@@ -100,8 +101,9 @@ def _int_field(body: dict, key: str) -> int | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ApiError(400, f"{key} must be an integer >= 1, got {value!r}", key)
+    problem = int_problem(value, 1)
+    if problem:
+        raise ApiError(400, f"{key} {problem}", key)
     return value
 
 

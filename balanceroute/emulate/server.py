@@ -30,6 +30,7 @@ from aiohttp import web
 
 from balanceroute.emulate.engine import LiveEngine, RequestRejected, TokenStream
 from balanceroute.emulate.protocol import DONE, ApiError, CompletionRequest, ResponseWriter, parse_request
+from balanceroute.policies.checks import int_problem
 from balanceroute.protocol.headers import REQUEST_ID_HEADER, WORKER_HEADER
 from balanceroute.protocol.tokenizer import TextTokenizer
 
@@ -161,8 +162,8 @@ class EmulatedFleet:
         self.served_model_name = served_model_name
         capacity = engine.model.kv_capacity_blocks * engine.model.block_size
         self.max_model_len = capacity if max_model_len is None else max_model_len
-        if isinstance(self.max_model_len, bool) or not isinstance(self.max_model_len, int) or self.max_model_len < 2:
-            raise ValueError(f"max_model_len must be an integer >= 2 (tokens), got {max_model_len!r}")
+        if int_problem(self.max_model_len, 2):
+            raise ValueError(f"max_model_len (tokens) {int_problem(self.max_model_len, 2)}")
         self.tokenizer = tokenizer
         self.ids = itertools.count()
         self.created = int(time.time())

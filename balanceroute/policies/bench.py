@@ -45,6 +45,7 @@ from balanceroute.policies import (
     available_policies,
     make_policy,
 )
+from balanceroute.policies.checks import int_problem
 
 PROMPT_MEAN, OUTPUT_MEAN = 1155.0, 211.0
 PROMPT_MAX, OUTPUT_MAX = 32768, 4096
@@ -202,9 +203,10 @@ def format_table(results: dict[str, dict[str, float]], workers: int, active_per_
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    value = int(text) if text.lstrip("-").isdigit() else text
+    problem = int_problem(value, 1)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

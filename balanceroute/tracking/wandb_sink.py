@@ -18,7 +18,6 @@ tracker turns into a no-op; the run and its local files are unaffected. The API 
 from __future__ import annotations
 
 import logging
-import numbers
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from balanceroute.policies.checks import int_problem, number_problem
 from balanceroute.results import REQUESTS_FILE, RESULT_FILE, TIMELINE_FILE
 from balanceroute.tracking.records import request_latencies
 from balanceroute.tracking.secrets import redact
@@ -79,13 +79,12 @@ class WandbOptions:
             raise ValueError(f"mode: {self.mode!r} is not a W&B mode; valid modes: {', '.join(MODES)}")
         if not isinstance(self.project, str) or not self.project:
             raise ValueError(f"project: must be a non-empty string, got {self.project!r}")
-        for key in ("table_rows", "timeline_points"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ValueError(f"{key}: must be an integer >= 0, got {value!r}")
-        if isinstance(self.init_timeout_s, bool) or not isinstance(self.init_timeout_s, numbers.Real) \
-                or not self.init_timeout_s > 0:
-            raise ValueError(f"init_timeout_s: must be a number of seconds > 0, got {self.init_timeout_s!r}")
+        problems = {"table_rows": int_problem(self.table_rows, 0),
+                    "timeline_points": int_problem(self.timeline_points, 0),
+                    "init_timeout_s": number_problem(self.init_timeout_s, 0, low_open=True)}
+        for key, problem in problems.items():
+            if problem:
+                raise ValueError(f"{key}: {problem}")
 
 
 def start_wandb(options: WandbOptions, *, run_dir: Path, config: Mapping[str, Any], name: str):

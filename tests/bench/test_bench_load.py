@@ -106,7 +106,7 @@ async def test_same_seed_same_prompts_other_seed_other_prompts(server):
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_concurrency": 0}, "max_concurrency must be an integer >= 1"),
     ({"warmup": -1}, "warmup must be an integer >= 0"),
-    ({"timeout_s": 0}, "timeout_s must be a number of seconds > 0"),
+    ({"timeout_s": 0}, "timeout_s must be a number > 0"),
 ])
 async def test_bad_options_raise_one_clear_error(server, kwargs, match):
     with pytest.raises(ValueError, match=match):
