@@ -210,6 +210,8 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path, run_
     ("parallel.dp=0", "error: parallel.dp: must be an integer >= 1 (data-parallel workers), got 0"),
     ("workload=azure_conv", "error: workload.path: trace file '"),
     ("router.S_greedy=-1", "error: router: br0: parameter S_greedy must be an integer >= "),
+    ("+model.aa=1", "error: model.aa: unknown key; model has name, hf_repo, moe, a, b, c0, cw, p, "),
+    ("+backend.dispatchh=pool", "error: backend.dispatchh: unknown key; backend has name, dispatch, barrier, "),
     ("router=_prior", "error: router: the chosen router config defines no router (no _target_ or name); configs "
                       "starting with _ in conf/router/ are shared bases, not routers. Valid routers: bf_io, br0, "),
 ])
