@@ -1,6 +1,7 @@
 """An emulated vLLM data-parallel fleet: OpenAI-compatible endpoints whose token timing is the simulator's.
 
-The simulator's step groups (:mod:`balanceroute.sim.group`: vLLM-like scheduler, DP+EP step model, presets) are
+The simulator's step groups (:mod:`balanceroute.sim.group`, with its vLLM-like scheduler in
+:mod:`balanceroute.sim.scheduler`, the DP+EP step model in :mod:`balanceroute.sim.step_model` and the presets) are
 driven by the wall clock (:mod:`.engine`) and served over HTTP (:mod:`.server`, :mod:`.protocol`): a DP front
 end that routes with a balanceroute policy, and one endpoint per rank for an external router. ``balanceroute
 emulate`` (:mod:`.cli`) runs it; docs/emulate.md describes it.
