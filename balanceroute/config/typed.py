@@ -16,9 +16,26 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from balanceroute.config.backends import BACKENDS
+from balanceroute.config.backends import (
+    BACKENDS,
+    EmulatedBackendConfig,
+    ProxyBackendConfig,
+    SimBackendConfig,
+    VllmBackendConfig,
+)
 from balanceroute.config.errors import ConfigError
-from balanceroute.config.schema import LOGGERS, WORKLOADS, ModelConfig, ParallelConfig, RunSchema
+from balanceroute.config.schema import (
+    LOGGERS,
+    WORKLOADS,
+    AzureTraceWorkloadConfig,
+    ModelConfig,
+    NoLoggerConfig,
+    ParallelConfig,
+    RunSchema,
+    ShareGPTWorkloadConfig,
+    SyntheticWorkloadConfig,
+    WandbLoggerConfig,
+)
 from balanceroute.steady import SteadyWindow
 
 
@@ -35,9 +52,9 @@ class RunConfig:
     steady: SteadyWindow
     parallel: ParallelConfig
     model: ModelConfig
-    workload: Any
-    backend: Any
-    logger: Any
+    workload: SyntheticWorkloadConfig | AzureTraceWorkloadConfig | ShareGPTWorkloadConfig
+    backend: SimBackendConfig | EmulatedBackendConfig | ProxyBackendConfig | VllmBackendConfig
+    logger: NoLoggerConfig | WandbLoggerConfig
     router: dict[str, Any]
 
 
