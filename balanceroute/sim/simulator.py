@@ -326,6 +326,8 @@ class Simulation:
 
     def _result(self, wall_s: float) -> SimResult:
         req, cfg = self.req, self.config
+        for grp in self.groups:
+            grp.recorder.flush()
         unfinished = [r for grp in self.groups for r in grp.release_all()]
         for r in unfinished:
             self.router.abort(r)

@@ -101,4 +101,5 @@ class StepModel:
             durations[0] = first
             if with_busy:  # worker g's busy time: its local time plus the shared phase (see StepRecorder)
                 busy = self.a * (loads - peak[:, None]) + durations[:, None]
+                busy[0] = (local - _max(local)) + first  # step 0 may prefill: from its own local times
         return StepPlan(step, local, durations, clock + _cumsum(durations), loads, peak, busy, span)
