@@ -28,7 +28,7 @@ from balanceroute.sim.recording import StepRecorder
 from balanceroute.sim.running import NREM, PF, RID, SLOT, C, J, RunningTable, S, W
 from balanceroute.sim.scheduler import Scheduler
 from balanceroute.sim.state import COMPLETED, FAILED, QUEUED, RUNNING, TIMEOUT, RequestState, WeightedSamples
-from balanceroute.sim.step_model import StepModel, StepPlan
+from balanceroute.sim.step_model import MAX_SPAN, StepModel, StepPlan
 from balanceroute.sim.waiting import WaitingQueues
 from balanceroute.steady import StepTrace
 
@@ -60,9 +60,11 @@ class StepHost(Protocol):
 
 class StepGroup:
     """Workers ``first_worker .. first_worker + num_workers - 1`` stepping together; ``record_balance``: this group
-    feeds the host's balance metrics and step trace (the barrier group)."""
+    feeds the host's balance metrics and step trace (the barrier group); ``max_span``: the most steps planned at
+    once (1: step by step, the reference the batched stretches are tested against)."""
 
-    def __init__(self, host: StepHost, first_worker: int, num_workers: int, *, record_balance: bool) -> None:
+    def __init__(self, host: StepHost, first_worker: int, num_workers: int, *, record_balance: bool,
+                 max_span: int = MAX_SPAN) -> None:
         self.host = host
         self.req = host.req
         self.first_worker = first_worker
@@ -73,7 +75,7 @@ class StepGroup:
         self.waiting = WaitingQueues(num_workers)
         self.deadlines: list[tuple[float, int]] = []  # (deadline, request) of every request queued or running here
         self.scheduler = Scheduler(host.model, host.req, host.tracker, self.running, self.waiting,
-                                   host.pool_wants_steps)
+                                   host.pool_wants_steps, max_span)
         self.step_model = StepModel(host.model, num_workers)
         self.record_balance = record_balance
         self.recorder = StepRecorder(np.arange(first_worker, first_worker + num_workers),
