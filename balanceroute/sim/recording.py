@@ -39,11 +39,13 @@ class StepRecorder:
         self.staged = None if trace is None or balance is None else _StagedSteps(balance, trace, len(workers))
 
     def record(self, plan: StepPlan, first: int, durations: np.ndarray, start: float, step: int, tokens0: int,
-               running: RunningTable, waiting: np.ndarray) -> None:
+               running: RunningTable, waiting: np.ndarray, before: int = 0,
+               waiting_before: np.ndarray | None = None) -> None:
         """Record planned steps ``first .. first + len(durations) - 1`` of ``plan``, just applied: numbered from
         ``step``, starting at ``start``; ``tokens0``: output tokens sampled in the first of them (every later one
         samples one per running request); ``running``: the requests that ran in them; ``waiting``: requests
-        waiting per worker meanwhile.
+        waiting per worker meanwhile, except in the first ``before`` steps, which ended before the host enqueued
+        more: ``waiting_before`` waited then.
 
         A worker's busy time in a step is its local time t_g plus the shared phase (b * mean L + c_0, which every
         worker spends in the all-to-all and expert work), so T - busy_g = max_g t_g - t_g is exactly its wait at
@@ -55,10 +57,12 @@ class StepRecorder:
         top = plan.peak[last] if last else _max(load0)
         if top > self.peak_load:
             self.peak_load = float(top)
-        kv0 = load0 if first == 0 else plan.loads[first]
         per_worker = running.per_worker
-        self.timeline.add(step, start, plan.ends[first:last + 1], kv0, None if k == 1 else per_worker, per_worker,
-                          waiting)
+        for m, stop, queued in ((first, first + before, waiting_before), (first + before, last + 1, waiting)):
+            if m < stop:
+                self.timeline.add(step + m - first, start if m == first else float(plan.ends[m - 1]),
+                                  plan.ends[m:stop], load0 if m == 0 else plan.loads[m],
+                                  None if stop - m == 1 else per_worker, per_worker, queued)
         acc = self.balance
         if acc is None:
             return

@@ -207,7 +207,7 @@ class Simulation:
         with bar:
             while True:
                 until = min(float(arrival[nxt]) if nxt < n else math.inf, horizon, self.pool.next_deadline())
-                self._advance(until)
+                self._advance(until, end=until >= horizon)
                 if until == math.inf or until >= horizon:
                     break
                 now = until
@@ -227,10 +227,12 @@ class Simulation:
                     bar.update(nxt - first)
         return self._result(time.perf_counter() - wall)
 
-    def _advance(self, until: float) -> None:
+    def _advance(self, until: float, *, end: bool) -> None:
         groups = self.groups
         if len(groups) == 1:
-            groups[0].advance(until)
+            # steps before ``until`` may be deferred (StepGroup.advance) unless they end the run or a boundary
+            # before it may place pool requests
+            groups[0].advance(until, defer=not end and not self.pool_wants_steps())
             return
         # Independent workers interact only through routing, which happens at arrivals, except in pool mode with
         # requests waiting centrally: then a slot freed at one worker's step boundary is filled at that moment,

@@ -44,8 +44,10 @@ class ScheduledStep:
 
 @dataclass(slots=True)
 class StepPlan:
-    """A scheduled step (step 0) and the pure decode steps timed after it; steps ``applied .. length - 1`` remain,
-    the first of them starting at the group's clock."""
+    """A scheduled step (step 0) and the pure decode steps timed after it; steps ``applied .. length - 1`` remain
+    to be applied, the first of them starting at the group's clock. Steps ``applied .. done - 1`` have ended
+    already and their tokens are counted by the load tracker, but the running table and the records do not have
+    them yet (:meth:`~balanceroute.sim.group.StepGroup.advance` with ``defer``)."""
 
     scheduled: ScheduledStep
     local_time: np.ndarray      # step 0's t_g per worker
@@ -56,10 +58,11 @@ class StepPlan:
     busy: np.ndarray | None     # (steps x workers) busy time of every planned step (groups that record balance)
     length: int                 # steps that may be applied (cut back when a request arrives)
     applied: int = 0            # steps applied so far
+    done: int = 0               # steps ended so far (>= applied)
 
     def keep_current_step(self) -> None:
         """A request arrived: the step under way stays, the later ones are dropped (they may now admit it)."""
-        self.length = min(self.length, self.applied + 1)
+        self.length = min(self.length, self.done + 1)
 
 
 class StepModel:

@@ -17,6 +17,7 @@ from sim_helpers import random_workload
 
 from balanceroute.policies import make_policy
 from balanceroute.sim import SimConfig, simulate
+from balanceroute.sim.group import StepGroup
 from balanceroute.sim.presets import TINY
 from balanceroute.sim.step_model import StepModel
 from balanceroute.workload import load_azure_trace
@@ -81,12 +82,16 @@ def test_a_trace_slice_matches_the_per_step_loop():
 
 
 def test_the_reference_plans_every_step_on_its_own(monkeypatch):
+    """... while the batched run plans stretches and defers the steps an arrival cuts (StepGroup.advance)."""
     with pytest.raises(ValueError, match="max_span"):
         SimConfig(num_workers=2, max_span=0)
-    plans = []
-    plan = StepModel.plan
+    plans, deferred = [], []
+    plan, count = StepModel.plan, StepGroup._count
     monkeypatch.setattr(StepModel, "plan", lambda self, step, *args, **kw: plans.append(step.max_steps) or plan(
         self, step, *args, **kw))
-    _batched, reference = both(random_workload(40, seed=2), "jsq_load")
-    stretches, steps = plans[:len(plans) - reference.summary["num_steps"]], plans[-reference.summary["num_steps"]:]
-    assert set(steps) == {1} and max(stretches) > 1
+    monkeypatch.setattr(StepGroup, "_count", lambda self, k: deferred.append(k) or count(self, k))
+    _, reference = both(random_workload(60, seed=2, rate=1.0), "jsq_load")
+    steps = reference.summary["num_steps"]
+    stretches, single = plans[:len(plans) - steps], plans[len(plans) - steps:]
+    assert set(single) == {1} and max(stretches) > 1
+    assert len(deferred) > 0 and sum(deferred) < steps
