@@ -87,7 +87,8 @@ class StepModel:
             local = local + self.p * step.prefill_tokens
         span = step.max_steps
         total = float(_sum(load))
-        first = float(_max(local)) + self.b_mean * total + self.c0
+        slowest = _max(local)
+        first = float(slowest) + self.b_mean * total + self.c0
         if span > 1:
             ahead = horizon - clock - first
             shortest = self.cw + self.c0 + self.a * float(_max(load)) + self.b_mean * total
@@ -104,5 +105,5 @@ class StepModel:
             durations[0] = first
             if with_busy:  # worker g's busy time: its local time plus the shared phase (see StepRecorder)
                 busy = self.a * (loads - peak[:, None]) + durations[:, None]
-                busy[0] = (local - _max(local)) + first  # step 0 may prefill: from its own local times
+                busy[0] = (local - slowest) + first  # step 0 may prefill: from its own local times
         return StepPlan(step, local, durations, clock + _cumsum(durations), loads, peak, busy, span)
