@@ -17,12 +17,16 @@ Each case runs in a fresh subprocess so that its peak resident memory (``ru_maxr
 shows the resident memory right after the imports, so the simulator's own share is the difference. Wall time is
 the ``simulate`` call alone (the workload is built before); CPU time is that of the process over the same span,
 which is the steadier figure on a shared machine; with ``--repeat`` both are the best of the repetitions (the
-standard way to time on a noisy machine: interference only ever adds time).
+standard way to time on a noisy machine: interference only ever adds time). Throughput is shown as engine steps
+per second and events per second (an event: a request arriving or leaving, i.e. finishing or failing; between
+events the simulator plans stretches of steps at once, so events, not steps, set its cost). The machine's load
+average is printed with the table: figures taken on a busy machine are not comparable.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -31,8 +35,9 @@ from pathlib import Path
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_llm_2023_conv.csv"
 CASES = {
-    "azure": dict(label="(a) Azure conv trace, trace timestamps", num_workers=8),
-    "synthetic": dict(label="(b) 1M synthetic @ 420 req/s", num_workers=64, num_requests=1_000_000, rate=420.0),
+    "azure": {"label": "(a) Azure conv trace, trace timestamps", "num_workers": 8},
+    "synthetic": {"label": "(b) 1M synthetic @ 420 req/s", "num_workers": 64, "num_requests": 1_000_000,
+                  "rate": 420.0},
 }
 
 
@@ -59,10 +64,11 @@ def run_case(name: str, trace: Path, repeat: int) -> dict:
         result = simulate(workload, make_policy("jsq_load"), config)
         wall, cpu = min(wall, time.perf_counter() - wall0), min(cpu, time.process_time() - cpu0)
     s = result.summary
-    return dict(case=case["label"], requests=len(workload), workers=case["num_workers"], wall_s=wall,
-                cpu_s=cpu, peak_rss_mb=_rss_mb(), import_rss_mb=base_rss, steps=s["num_steps"],
-                completed=s["completed"], failed=s["failed"], simulated_s=s["duration"],
-                output_tok_s=s["output_throughput"], p95_tpot_ms=s["p95_tpot_ms"])
+    return {"case": case["label"], "requests": len(workload), "workers": case["num_workers"], "wall_s": wall,
+            "cpu_s": cpu, "peak_rss_mb": _rss_mb(), "import_rss_mb": base_rss, "steps": s["num_steps"],
+            "events": len(workload) + s["completed"] + s["failed"], "completed": s["completed"],
+            "failed": s["failed"], "simulated_s": s["duration"], "output_tok_s": s["output_throughput"],
+            "p95_tpot_ms": s["p95_tpot_ms"]}
 
 
 def main() -> int:
@@ -79,18 +85,22 @@ def main() -> int:
     if "azure" in names and not args.trace.is_file():
         print(f"bench_sim: trace {args.trace} not found; pass --trace PATH (README: Traces)", file=sys.stderr)
         return 2
+    load_before = os.getloadavg()
     rows = []
     for name in names:
         proc = subprocess.run([sys.executable, __file__, "--child", "--case", name, "--trace", str(args.trace),
                                "--repeat", str(args.repeat)], capture_output=True, text=True, check=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print("| case | requests | G | wall s | CPU s | peak RSS MB (after imports) | steps | completed | failed "
-          "| simulated s | output tok/s | TPOT p95 ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("load average before / after (1, 5, 15 min): " + " / ".join(" ".join(f"{x:.2f}" for x in load)
+                                                                     for load in (load_before, os.getloadavg())))
+    print("| case | requests | G | wall s | CPU s | peak RSS MB (after imports) | steps | steps/s | events/s "
+          "| completed | failed | simulated s | output tok/s | TPOT p95 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['requests']:,} | {r['workers']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} "
-              f"| {r['peak_rss_mb']:.0f} ({r['import_rss_mb']:.0f}) | {r['steps']:,} | {r['completed']:,} "
-              f"| {r['failed']} | {r['simulated_s']:.0f} | {r['output_tok_s']:.0f} | {r['p95_tpot_ms']:.1f} |")
+              f"| {r['peak_rss_mb']:.0f} ({r['import_rss_mb']:.0f}) | {r['steps']:,} | {r['steps'] / r['wall_s']:,.0f} "
+              f"| {r['events'] / r['wall_s']:,.0f} | {r['completed']:,} | {r['failed']} | {r['simulated_s']:.0f} "
+              f"| {r['output_tok_s']:.0f} | {r['p95_tpot_ms']:.1f} |")
     return 0
 
 

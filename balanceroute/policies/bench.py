@@ -23,13 +23,15 @@ calls, fewer for a policy so slow that they would take more than ``--budget-s`` 
 
 ``--json`` prints one object ``{policy: {"p50_us": ..., "p99_us": ..., "n": ..., "with_snapshot_p50_us": ...,
 "with_snapshot_p99_us": ..., ["assign_p50_us": ..., "assign_p99_us": ..., "assign_n": ...]}}`` where p50/p99
-are of ``choose`` and n counts the timed calls.
+are of ``choose`` and n counts the timed calls. The machine's load average before and after is printed too (on
+stderr with ``--json``).
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -184,11 +186,11 @@ def _time_policy(policy: Policy, cluster: Cluster, arrivals: list[int], pending:
     return row
 
 
-def format_table(results: dict[str, dict[str, float]], workers: int, active_per_worker: int) -> str:
-    """A plain-text table of the results (microseconds; n = timed calls)."""
+def format_table(results: dict[str, dict[str, float]], workers: int, active_per_worker: int, load: str = "") -> str:
+    """A plain-text table of the results (microseconds; n = timed calls); ``load``: the machine's, for its title."""
     lines = [
         (f"decision latency in microseconds, G={workers} workers, {active_per_worker} active requests/worker "
-         f"({workers * active_per_worker} total)"),
+         f"({workers * active_per_worker} total){'; ' + load if load else ''}"),
         ("choose = policy.choose on a prebuilt snapshot; snapshot+choose adds building it as a load tracker does; "
          f"assign = one pool round placing {2 * workers} waiting requests into {2 * workers} free slots"),
         (f"{'policy':<14}{'choose p50':>12}{'choose p99':>12}{'n':>6}{'snap+ch p50':>13}{'snap+ch p99':>13}"
@@ -231,11 +233,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"{', '.join(available_policies())}")
     if not args.budget_s > 0:
         parser.error(f"--budget-s must be > 0 seconds, got {args.budget_s}")
+    load_before = os.getloadavg()
     results = run_benchmark(args.workers, args.active_per_worker, names, args.iterations, args.seed, args.budget_s)
+    # latencies from a busy machine are not comparable: say how busy it was (on stderr beside the JSON)
+    load = "machine load average (1, 5, 15 min) before / after: " + " / ".join(
+        " ".join(f"{x:.2f}" for x in avg) for avg in (load_before, os.getloadavg()))
     if args.json:
         print(json.dumps(results))
+        print(load, file=sys.stderr)
     else:
-        print(format_table(results, args.workers, args.active_per_worker))
+        print(format_table(results, args.workers, args.active_per_worker, load))
     return 0
 
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from balanceroute.policies.base import Assignment, PendingRequests
-from balanceroute.policies.horizon import HorizonPolicy, new_request_increment
+from balanceroute.policies.horizon import HorizonPolicy, steps_range
 from balanceroute.policies.policy import check_int, register_policy
 
 
@@ -49,9 +49,11 @@ class BfIo(HorizonPolicy):
                              prior_lengths=prior_lengths, max_len=max_len)
 
     def choose(self, snap, prompt_len, *, prompt_hash: int = 0, output_len: int | None = None):
-        loads = self._projection(snap, self.H)
-        inc = new_request_increment(prompt_len, self._new_steps(self.H, prompt_hash, output_len), self.H)
-        over = loads + (inc - loads.max(axis=0))
+        # The new request adds s + h for h < k and nothing after; past step k the terms are (L - M)_+ = 0, so
+        # only the first k look-ahead steps are summed (exact: the projections are integers in float64).
+        k = self.predictor.new_step(prompt_hash, output_len, self.H + 1)
+        loads = self._projection(snap, self.H)[:, :k]
+        over = loads + (steps_range(self.H)[:k] + (prompt_len - loads.max(axis=0)))
         np.maximum(over, 0.0, out=over)
         return self.pick_min(snap, over.sum(axis=1), snap.kv_load)
 

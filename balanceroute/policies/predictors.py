@@ -46,6 +46,11 @@ class SurvivalPredictor:
         """k for ``count`` requests not yet started (age 0), e.g. the pool's waiting requests."""
         return np.full(count, self.estimator.steps_table(cap)[0], dtype=np.int64)
 
+    def new_step(self, prompt_hash: int, output_len: int | None, cap: int) -> int:
+        """k for one request arriving now: :meth:`new_steps` of one, without building arrays for it (it is on
+        every on-arrival decision's path)."""
+        return int(self.estimator.steps_table(cap)[0])
+
     def __repr__(self) -> str:
         return self.name
 
@@ -78,6 +83,9 @@ class ExactMatchPredictor(SurvivalPredictor):
                                                    np.zeros(count, dtype=np.int64), cap)
         return np.where(found, matched, base)
 
+    def new_step(self, prompt_hash, output_len, cap):
+        return int(self.new_steps(np.array([prompt_hash], dtype=np.int64), None, 1, cap)[0])
+
 
 class OraclePredictor(SurvivalPredictor):
     """ĉ from the true remaining length: an upper bound on what prediction can buy (simulator only)."""
@@ -99,6 +107,9 @@ class OraclePredictor(SurvivalPredictor):
             raise ValueError(f"{self.owner}: predictor 'oracle' needs the true output length of new requests "
                              "(output_len), which only the simulator knows")
         return np.clip(np.asarray(output_len), 1, cap).astype(np.int64)
+
+    def new_step(self, prompt_hash, output_len, cap):
+        return int(self.new_steps(None, output_len, 1, cap))
 
 
 def make_predictor(kind: str, estimator: SurvivalEstimator, owner: str) -> SurvivalPredictor:

@@ -28,7 +28,7 @@ from balanceroute.sim.recording import StepRecorder
 from balanceroute.sim.running import NREM, PF, RID, SLOT, C, J, RunningTable, S, W
 from balanceroute.sim.scheduler import Scheduler
 from balanceroute.sim.state import COMPLETED, FAILED, QUEUED, RUNNING, TIMEOUT, RequestState, WeightedSamples
-from balanceroute.sim.step_model import StepModel, StepPlan
+from balanceroute.sim.step_model import MAX_SPAN, StepModel, StepPlan
 from balanceroute.sim.waiting import WaitingQueues
 from balanceroute.steady import StepTrace
 
@@ -60,9 +60,11 @@ class StepHost(Protocol):
 
 class StepGroup:
     """Workers ``first_worker .. first_worker + num_workers - 1`` stepping together; ``record_balance``: this group
-    feeds the host's balance metrics and step trace (the barrier group)."""
+    feeds the host's balance metrics and step trace (the barrier group); ``max_span``: the most steps planned at
+    once (1: step by step, the reference the batched stretches are tested against)."""
 
-    def __init__(self, host: StepHost, first_worker: int, num_workers: int, *, record_balance: bool) -> None:
+    def __init__(self, host: StepHost, first_worker: int, num_workers: int, *, record_balance: bool,
+                 max_span: int = MAX_SPAN) -> None:
         self.host = host
         self.req = host.req
         self.first_worker = first_worker
@@ -73,13 +75,14 @@ class StepGroup:
         self.waiting = WaitingQueues(num_workers)
         self.deadlines: list[tuple[float, int]] = []  # (deadline, request) of every request queued or running here
         self.scheduler = Scheduler(host.model, host.req, host.tracker, self.running, self.waiting,
-                                   host.pool_wants_steps)
+                                   host.pool_wants_steps, max_span)
         self.step_model = StepModel(host.model, num_workers)
         self.record_balance = record_balance
         self.recorder = StepRecorder(np.arange(first_worker, first_worker + num_workers),
                                      host.timeline_rows_per_group, host.balance if record_balance else None,
                                      host.steps if record_balance else None)
         self.plan: StepPlan | None = None  # the steps decided and timed, not all applied yet (None: none)
+        self._waiting_then = self.waiting.count  # waiting counts while the plan's done steps ran (see _count)
 
     # ---- interface for the host ------------------------------------------------------------------------------------
     @property
@@ -107,24 +110,34 @@ class StepGroup:
             if self.idle:
                 return np.inf
             self._schedule(np.inf)
-        return float(self.plan.ends[self.plan.applied])
+        return float(self.plan.ends[self.plan.done])
 
-    def advance(self, until: float) -> None:
-        """Run every step that ends at or before ``until`` (stopping at deadlines to fail late requests)."""
+    def advance(self, until: float, *, defer: bool = False) -> None:
+        """Run every step that ends at or before ``until`` (stopping at deadlines to fail late requests).
+
+        ``defer``: the host only needs the load tracker to be current at ``until`` (it routes there) and has
+        nothing to do at the boundaries before it. Then the steps of a stretch that continues past ``until`` are
+        only counted in the tracker; they are applied and recorded together with the step under way, when it
+        ends: an arrival in the middle of a stretch costs one application instead of two. Not for a host that
+        reads the running table between steps (the live emulator streams each step's tokens).
+        """
         while True:
             if self.plan is None:
                 if self.idle or self.clock >= until:
                     return
                 self._schedule(until)
             plan = self.plan
-            ends = plan.ends[plan.applied:plan.length]
+            ends = plan.ends[plan.done:plan.length]
             k = int(ends.searchsorted(until, side="right"))
             deadline = self.next_deadline()
             if deadline <= ends[-1]:
                 k = min(k, int(ends.searchsorted(deadline, side="left")) + 1)
+            if defer and 0 < k < len(ends) and ends[k - 1] < deadline and (plan.done or k > 1):
+                self._count(k)
+                return
             if k == 0:
                 return
-            self._apply(k)
+            self._apply(plan.done - plan.applied + k)
             self._boundary()
 
     def next_deadline(self) -> float:
@@ -157,11 +170,25 @@ class StepGroup:
         self.plan = self.step_model.plan(scheduled, self.running, self.clock, horizon, with_busy=self.record_balance)
 
     # ---- applying steps --------------------------------------------------------------------------------------------
+    def _count(self, k: int) -> None:
+        """The next k planned steps after those done have ended: count their tokens in the tracker only.
+
+        Never step 0 alone when it prefills (only the requests completing their prompt sample a token there),
+        so every request gets k tokens. The waiting counts are kept for their timeline rows.
+        """
+        plan = self.plan
+        if plan.done == plan.applied:
+            self._waiting_then = self.waiting.count.copy()
+        self.host.tracker.tokens_bulk(self.running.fields[SLOT, :self.running.count], k)
+        plan.done += k
+
     def _apply(self, k: int) -> None:
-        """Apply the next k planned steps: step 0 as scheduled, the others pure decode steps."""
+        """Apply the next k planned steps: step 0 as scheduled, the others pure decode steps (those already done
+        are in the tracker: the rest are counted there now)."""
         running, req, plan, tracker = self.running, self.req, self.plan, self.host.tracker
         n, fields = running.count, running.fields
         first = plan.applied
+        counted = plan.done - first
         durations, ends = plan.durations[first:first + k], plan.ends[first:first + k]
         start = self.clock
         first_weight = n  # ITL samples: each step's duration, once per request decoding in it (step 0: fewer)
@@ -174,7 +201,7 @@ class StepGroup:
                 first_weight -= running.without_first_token
                 running.without_first_token = 0
             fields[J:NREM + 1, :n] += k  # generated, computed and -remaining (adjacent rows)
-            tracker.tokens_bulk(fields[SLOT, :n], k)
+            tracker.tokens_bulk(fields[SLOT, :n], k - counted)
         else:  # step 0 computes prefill chunks: requests that computed their last uncomputed token sample one
             fields[C, :n] += new
             j0 = fields[J, :n]
@@ -199,7 +226,7 @@ class StepGroup:
             tokens0 = int(_sum(sampled))
             if k > 1:  # the decode steps (a plan only has them when step 0 leaves no prefill behind)
                 fields[J:NREM + 1, :n] += k - 1
-                tracker.tokens_bulk(fields[SLOT, :n], k)
+                tracker.tokens_bulk(fields[SLOT, :n], k - counted)
             else:
                 tracker.tokens_bulk(fields[SLOT, :n][sampled], 1)
         itl = self.host.itl
@@ -208,8 +235,9 @@ class StepGroup:
         else:
             itl.add(durations[:1], first_weight)
             itl.add(durations[1:], n)
-        self.recorder.record(plan, first, durations, start, self.step, tokens0, running, self.waiting.count)
-        plan.applied = first + k
+        self.recorder.record(plan, first, durations, start, self.step, tokens0, running, self.waiting.count,
+                             counted, self._waiting_then)
+        plan.applied = plan.done = first + k
         self.clock = float(ends[-1])
         self.step += k
 

@@ -37,16 +37,18 @@ class Scheduler:
     """Schedules the steps of the workers whose ``running`` and ``waiting`` requests it is given.
 
     ``req`` holds every request's state; ``tracker`` is told of admissions and preemptions; ``pool_wants_steps``
-    says whether the host may place requests at the next step boundary (then no decode steps may follow unplanned).
+    says whether the host may place requests at the next step boundary (then no decode steps may follow unplanned);
+    ``max_span``: the most steps one decision may hold for (1: every step is scheduled on its own, the reference).
     """
 
     def __init__(self, model: ModelPreset, req: RequestState, tracker: LoadTracker, running: RunningTable,
-                 waiting: WaitingQueues, pool_wants_steps: Callable[[], bool]) -> None:
+                 waiting: WaitingQueues, pool_wants_steps: Callable[[], bool], max_span: int = MAX_SPAN) -> None:
         self.req = req
         self.tracker = tracker
         self.running = running
         self.waiting = waiting
         self.pool_wants_steps = pool_wants_steps
+        self.max_span = max_span
         self.num_workers = running.per_worker.size
         self.block_size = model.block_size
         self.capacity_blocks = model.kv_capacity_blocks
@@ -212,7 +214,7 @@ class Scheduler:
 
         Step 0 is followed by pure decode steps when after it every request decodes (all prefill chunks complete
         their prompt) and no worker could admit more (nothing waits where a slot is free): then each step adds one
-        token per request, up to the first completion, the first possible KV shortage and MAX_SPAN.
+        token per request, up to the first completion, the first possible KV shortage and ``max_span``.
         """
         running, g = self.running, self.num_workers
         n, fields = running.count, running.fields
@@ -233,8 +235,8 @@ class Scheduler:
         if decode_after and self.waiting.total:
             decode_after = not ((self.waiting.count > 0) & (running.per_worker < self.max_seqs)).any()
         steps = 1
-        if decode_after and not self.pool_wants_steps():
-            steps = min(-int(_max(fields[NREM, :n])), MAX_SPAN)  # the first completion ends the stretch
+        if decode_after and self.max_span > 1 and not self.pool_wants_steps():
+            steps = min(-int(_max(fields[NREM, :n])), self.max_span)  # the first completion ends the stretch
             # a request needs at most one new block per block_size steps; count exactly only if that could
             # exceed the capacity
             cap, per_worker, growth = self.capacity_blocks, running.per_worker, 1 + steps // self.block_size

@@ -60,6 +60,7 @@ from balanceroute.sim.state import (
     RequestState,
     WeightedSamples,
 )
+from balanceroute.sim.step_model import MAX_SPAN
 from balanceroute.sim.timeline import timeline_frame
 from balanceroute.steady import StepTrace
 from balanceroute.workload import Workload
@@ -87,6 +88,10 @@ class SimConfig:
     - ``pool_window``: pool dispatch shows the policy at most this many of the oldest waiting requests per round
       (a real router bounds its scan too; it keeps a round's cost independent of how long the pool grows).
     - ``check_invariants``: verify the engine's bookkeeping at every step boundary (slow; for tests).
+    - ``max_span``: the most engine steps one scheduling decision may cover (a stretch of pure decode steps timed
+      at once, :mod:`balanceroute.sim.step_model`); 1 schedules and times every step on its own: the plain
+      per-step loop, kept as the reference. Both give the same run up to float rounding of the step times
+      (tests/sim/test_sim_reference.py: counts equal, times and their statistics within 1e-9 relative).
     """
 
     num_workers: int
@@ -100,6 +105,7 @@ class SimConfig:
     timeline_max_rows: int = 100_000
     pool_window: int = POOL_WINDOW
     check_invariants: bool = False
+    max_span: int = MAX_SPAN
 
     def __post_init__(self) -> None:
         if isinstance(self.model, str):
@@ -109,6 +115,7 @@ class SimConfig:
         problems = {"num_workers": int_problem(self.num_workers, 1), "seed": int_problem(self.seed, 0),
                     "timeline_max_rows": int_problem(self.timeline_max_rows, 1),
                     "pool_window": int_problem(self.pool_window, 1),
+                    "max_span": int_problem(self.max_span, 1, MAX_SPAN),
                     "dispatch": choice_problem(self.dispatch, DISPATCH_MODES),
                     "prefill": choice_problem(self.prefill, PREFILL_MODES),
                     "barrier": bool_problem(self.barrier), "check_invariants": bool_problem(self.check_invariants),
@@ -182,9 +189,9 @@ class Simulation:
         n_groups = 1 if config.barrier else g
         self.timeline_rows_per_group = max(1, config.timeline_max_rows // n_groups)
         if config.barrier:
-            self.groups = [StepGroup(self, 0, g, record_balance=True)]
+            self.groups = [StepGroup(self, 0, g, record_balance=True, max_span=config.max_span)]
         else:
-            self.groups = [StepGroup(self, w, 1, record_balance=False) for w in range(g)]
+            self.groups = [StepGroup(self, w, 1, record_balance=False, max_span=config.max_span) for w in range(g)]
         self.group_of = np.zeros(g, dtype=np.int64) if config.barrier else np.arange(g)
 
     # ---- the loop ----------------------------------------------------------------------------------------------------
@@ -200,7 +207,7 @@ class Simulation:
         with bar:
             while True:
                 until = min(float(arrival[nxt]) if nxt < n else math.inf, horizon, self.pool.next_deadline())
-                self._advance(until)
+                self._advance(until, end=until >= horizon)
                 if until == math.inf or until >= horizon:
                     break
                 now = until
@@ -220,10 +227,12 @@ class Simulation:
                     bar.update(nxt - first)
         return self._result(time.perf_counter() - wall)
 
-    def _advance(self, until: float) -> None:
+    def _advance(self, until: float, *, end: bool) -> None:
         groups = self.groups
         if len(groups) == 1:
-            groups[0].advance(until)
+            # steps before ``until`` may be deferred (StepGroup.advance) unless they end the run or a boundary
+            # before it may place pool requests
+            groups[0].advance(until, defer=not end and not self.pool_wants_steps())
             return
         # Independent workers interact only through routing, which happens at arrivals, except in pool mode with
         # requests waiting centrally: then a slot freed at one worker's step boundary is filled at that moment,
@@ -326,6 +335,8 @@ class Simulation:
 
     def _result(self, wall_s: float) -> SimResult:
         req, cfg = self.req, self.config
+        for grp in self.groups:
+            grp.recorder.flush()
         unfinished = [r for grp in self.groups for r in grp.release_all()]
         for r in unfinished:
             self.router.abort(r)

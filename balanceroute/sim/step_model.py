@@ -44,8 +44,10 @@ class ScheduledStep:
 
 @dataclass(slots=True)
 class StepPlan:
-    """A scheduled step (step 0) and the pure decode steps timed after it; steps ``applied .. length - 1`` remain,
-    the first of them starting at the group's clock."""
+    """A scheduled step (step 0) and the pure decode steps timed after it; steps ``applied .. length - 1`` remain
+    to be applied, the first of them starting at the group's clock. Steps ``applied .. done - 1`` have ended
+    already and their tokens are counted by the load tracker, but the running table and the records do not have
+    them yet (:meth:`~balanceroute.sim.group.StepGroup.advance` with ``defer``)."""
 
     scheduled: ScheduledStep
     local_time: np.ndarray      # step 0's t_g per worker
@@ -56,10 +58,11 @@ class StepPlan:
     busy: np.ndarray | None     # (steps x workers) busy time of every planned step (groups that record balance)
     length: int                 # steps that may be applied (cut back when a request arrives)
     applied: int = 0            # steps applied so far
+    done: int = 0               # steps ended so far (>= applied)
 
     def keep_current_step(self) -> None:
         """A request arrived: the step under way stays, the later ones are dropped (they may now admit it)."""
-        self.length = min(self.length, self.applied + 1)
+        self.length = min(self.length, self.done + 1)
 
 
 class StepModel:
@@ -84,7 +87,8 @@ class StepModel:
             local = local + self.p * step.prefill_tokens
         span = step.max_steps
         total = float(_sum(load))
-        first = float(_max(local)) + self.b_mean * total + self.c0
+        slowest = _max(local)
+        first = float(slowest) + self.b_mean * total + self.c0
         if span > 1:
             ahead = horizon - clock - first
             shortest = self.cw + self.c0 + self.a * float(_max(load)) + self.b_mean * total
@@ -101,4 +105,5 @@ class StepModel:
             durations[0] = first
             if with_busy:  # worker g's busy time: its local time plus the shared phase (see StepRecorder)
                 busy = self.a * (loads - peak[:, None]) + durations[:, None]
+                busy[0] = (local - slowest) + first  # step 0 may prefill: from its own local times
         return StepPlan(step, local, durations, clock + _cumsum(durations), loads, peak, busy, span)
