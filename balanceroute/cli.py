@@ -15,15 +15,16 @@ import sys
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 
-#: Modules of the library that define subcommands, in the order ``--help`` lists them.
-SUBCOMMAND_MODULES = (
-    "balanceroute.sim.cli",
-    "balanceroute.bench.cli",
-    "balanceroute.data.cli",
-    "balanceroute.vllm_plugin.serve_cli",
-    "balanceroute.emulate.cli",
-    "balanceroute.proxy.cli",
-)
+#: The library's subcommands and the modules that define them, in the order ``--help`` lists them. A command
+#: line naming one imports only its module (``balanceroute sim`` needs neither aiohttp nor Hydra).
+SUBCOMMAND_MODULES = {
+    "sim": "balanceroute.sim.cli",
+    "bench": "balanceroute.bench.cli",
+    "prepare-data": "balanceroute.data.cli",
+    "serve": "balanceroute.vllm_plugin.serve_cli",
+    "emulate": "balanceroute.emulate.cli",
+    "proxy": "balanceroute.proxy.cli",
+}
 #: Entry point group of subcommands defined outside the library: ``name = "module:add_parser"``.
 COMMAND_GROUP = "balanceroute.commands"
 
@@ -33,8 +34,10 @@ def installed_commands() -> list[EntryPoint]:
     return sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)
 
 
-def build_parser(commands: Iterable[EntryPoint] | None = None) -> argparse.ArgumentParser:
-    """The parser of every subcommand: the library's, then ``commands`` (default: :func:`installed_commands`).
+def build_parser(commands: Iterable[EntryPoint] | None = None, *, only: str | None = None
+                 ) -> argparse.ArgumentParser:
+    """The parser of every subcommand: the library's, then ``commands`` (default: :func:`installed_commands`);
+    with ``only`` (a key of :data:`SUBCOMMAND_MODULES`), of that subcommand alone.
 
     An entry point that cannot be loaded raises: a subcommand the installation declares should not vanish
     silently from ``--help``.
@@ -43,15 +46,20 @@ def build_parser(commands: Iterable[EntryPoint] | None = None) -> argparse.Argum
         prog="balanceroute", description="KV-aware data-parallel routing for MoE LLM serving.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
+    if only is not None:
+        importlib.import_module(SUBCOMMAND_MODULES[only]).add_parser(sub)
+        return parser
+    for module in SUBCOMMAND_MODULES.values():
+        importlib.import_module(module).add_parser(sub)
     for command in installed_commands() if commands is None else commands:
         command.load()(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(only=chosen if chosen in SUBCOMMAND_MODULES else None).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return int(args.func(args) or 0)

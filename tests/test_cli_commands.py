@@ -26,7 +26,7 @@ def declared_commands() -> list[EntryPoint]:
 
 
 def test_an_entry_point_adds_its_subcommand_after_the_librarys(monkeypatch):
-    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("balanceroute.sim.cli",))
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", {"sim": "balanceroute.sim.cli"})
     parser = cli.build_parser([EntryPoint("prepare-data", "balanceroute.data.cli:add_parser", cli.COMMAND_GROUP)])
     assert parser.format_help().index("sim") < parser.format_help().index("prepare-data")
     args = parser.parse_args(["prepare-data", "--offline"])
@@ -64,3 +64,12 @@ def test_pyproject_declares_plan_and_balanceroute_plan_runs_it():
     assert planned.returncode == 0, planned.stderr
     plan = json.loads(planned.stdout)
     assert plan["runs"] == 1 and [a["submitit"]["nodes"] for a in plan["allocations"]] == [2]
+
+
+def test_a_command_line_naming_a_subcommand_imports_only_its_module():
+    """``balanceroute sim`` starts without the HTTP stack and Hydra the other subcommands import."""
+    code = ("import sys, balanceroute.cli as c; parser = c.build_parser(only='sim'); "
+            "print(sorted(m for m in ('aiohttp', 'hydra', 'balanceroute.bench.cli') if m in sys.modules)); "
+            "print(parser.parse_args(['sim', '--num-workers', '2']).command)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.split("\n")[:2] == ["[]", "sim"]

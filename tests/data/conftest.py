@@ -172,6 +172,6 @@ def cli_main(monkeypatch):
     """The real ``balanceroute`` entry point with only the prepare-data subcommand registered, so these tests
     depend neither on the other subcommands' modules (the library's or installed ones) nor on the lead having
     listed this one yet."""
-    monkeypatch.setattr(balanceroute.cli, "SUBCOMMAND_MODULES", ("balanceroute.data.cli",))
+    monkeypatch.setattr(balanceroute.cli, "SUBCOMMAND_MODULES", {"prepare-data": "balanceroute.data.cli"})
     monkeypatch.setattr(balanceroute.cli, "installed_commands", list)
     return balanceroute.cli.main

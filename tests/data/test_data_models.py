@@ -62,7 +62,7 @@ def test_hub_reads_hf_token_itself_and_errors_never_show_it(server, tmp_path, mo
 
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """The real entry point in a fresh interpreter, so huggingface_hub reads HF_HOME from this environment."""
-    code = ("import sys, balanceroute.cli as c; c.SUBCOMMAND_MODULES = ('balanceroute.data.cli',); "
+    code = ("import sys, balanceroute.cli as c; c.SUBCOMMAND_MODULES = {'prepare-data': 'balanceroute.data.cli'}; "
             "c.installed_commands = list; "
             "sys.exit(c.main(sys.argv[1:]))")
     base = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
