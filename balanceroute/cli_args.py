@@ -21,7 +21,7 @@ def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], in
             value = int(text)
         except ValueError:
             value = text
-        if int_problem(value, minimum, maximum):
+        if int_problem(value, minimum, maximum):  # worded with the text as given
             raise argparse.ArgumentTypeError(int_problem(text, minimum, maximum))
         return value
     return parse
@@ -35,7 +35,7 @@ def positive_number(*, finite: bool = True) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             value = text
-        if number_problem(value, 0, low_open=True, allow_inf=not finite):
+        if number_problem(value, 0, low_open=True, allow_inf=not finite):  # worded with the text as given
             raise argparse.ArgumentTypeError(number_problem(text, 0, low_open=True, allow_inf=not finite))
         return value
     return parse

@@ -86,9 +86,9 @@ HEADLINE = (("output_throughput", "output tok/s", "{:.0f}"), ("p95_ttft_ms", "TT
 
 # ---- validation -------------------------------------------------------------------------------------------------
 def _check_int(key: str, value: Any, minimum: int, what: str = "") -> None:
-    problem = int_problem(value, minimum)
+    problem = int_problem(value, minimum, also=what)
     if problem:
-        raise ConfigError(f"{key}: {problem.replace(', got', f'{what}, got', 1)}")
+        raise ConfigError(f"{key}: {problem}")
 
 
 def _missing_keys(cfg: DictConfig) -> list[str]:

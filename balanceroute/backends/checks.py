@@ -19,9 +19,10 @@ def check_positive(key: str, value: Any, *, integer: bool = False, allow_none: b
     allowed with ``allow_none``)."""
     if value is None and allow_none:
         return
-    problem = int_problem(value, 1) if integer else number_problem(value, 0, low_open=True)
+    also = " or null" if allow_none else ""
+    problem = int_problem(value, 1, also=also) if integer else number_problem(value, 0, low_open=True, also=also)
     if problem:
-        raise ConfigError(f"{key}: {problem.replace(', got', ' or null, got', 1) if allow_none else problem}")
+        raise ConfigError(f"{key}: {problem}")
 
 
 def check_dispatch(mode: str, backend: str, supported: Sequence[str], why: str = "") -> str:

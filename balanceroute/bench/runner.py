@@ -48,12 +48,14 @@ _SPIN_S = 0.0015  # final stretch of each wait spent yielding instead of sleepin
 
 
 def _check_options(max_concurrency: int | None, warmup: int, timeout_s: float | None) -> None:
-    problems = {"max_concurrency": None if max_concurrency is None else int_problem(max_concurrency, 1),
+    problems = {"max_concurrency": None if max_concurrency is None else int_problem(max_concurrency, 1,
+                                                                                    also=" or None"),
                 "warmup": int_problem(warmup, 0),
-                "timeout_s": None if timeout_s is None else number_problem(timeout_s, 0, low_open=True, allow_inf=True)}
+                "timeout_s": None if timeout_s is None else number_problem(timeout_s, 0, low_open=True,
+                                                                           allow_inf=True, also=" or None")}
     for name, problem in problems.items():
         if problem:
-            raise ValueError(f"{name} {problem.replace(', got', ' or None, got', 1) if name != 'warmup' else problem}")
+            raise ValueError(f"{name} {problem}")
 
 
 def _headers() -> dict[str, str]:

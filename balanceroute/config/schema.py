@@ -83,55 +83,49 @@ class ModelConfig:
 
 # ---- workloads: one schema per loader (``_target_``) ----------------------------------------------------------
 @dataclass
-class SyntheticWorkloadConfig:
+class WorkloadConfig:
+    """What every loader takes: how many requests, their arrivals (``rate``, ``burstiness``), the length caps
+    (requests over them are left out) and the seed. A loader's schema sets ``_target_`` and adds its own keys."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    num_requests: int | None = MISSING    # null: a whole trace (generated workloads need a number)
+    rate: float | None = MISSING
+    burstiness: float = 1.0
+    max_prompt_len: int | None = None
+    max_output_len: int | None = None
+    seed: int = MISSING
+
+
+@dataclass
+class SyntheticWorkloadConfig(WorkloadConfig):
     """``workload`` for generated requests (:func:`balanceroute.workload.synthetic`)."""
 
     _target_: str = "balanceroute.workload.synthetic"
-    name: str = MISSING
-    num_requests: int = MISSING
-    rate: float | None = MISSING
-    burstiness: float = 1.0
     distribution: str = "lognormal"
     prompt_mean: float = MISSING
     output_mean: float = MISSING
     prompt_sigma: float = AZURE_CONV_PROMPT_SIGMA
     output_sigma: float = AZURE_CONV_OUTPUT_SIGMA
-    max_prompt_len: int | None = None
-    max_output_len: int | None = None
-    seed: int = MISSING
 
 
 @dataclass
-class AzureTraceWorkloadConfig:
+class AzureTraceWorkloadConfig(WorkloadConfig):
     """``workload`` replaying an Azure LLM inference trace (:func:`balanceroute.workload.load_azure_trace`)."""
 
     _target_: str = "balanceroute.workload.load_azure_trace"
-    name: str = MISSING
     path: str = MISSING
-    num_requests: int | None = MISSING
-    rate: float | None = MISSING
-    burstiness: float = 1.0
     time_scale: float | None = None
-    max_prompt_len: int | None = None
-    max_output_len: int | None = None
-    seed: int = MISSING
 
 
 @dataclass
-class ShareGPTWorkloadConfig:
+class ShareGPTWorkloadConfig(WorkloadConfig):
     """``workload`` from a ShareGPT conversation file (:func:`balanceroute.workload.load_sharegpt`)."""
 
     _target_: str = "balanceroute.workload.load_sharegpt"
-    name: str = MISSING
     path: str = MISSING
-    num_requests: int | None = MISSING
-    rate: float | None = MISSING
-    burstiness: float = 1.0
     tokenizer: str | None = None
     shuffle: bool = True
-    max_prompt_len: int | None = None
-    max_output_len: int | None = None
-    seed: int = MISSING
 
 
 #: Workload schema per loader (``_target_``); a new loader adds its schema here.

@@ -162,8 +162,8 @@ class EmulatedFleet:
         self.served_model_name = served_model_name
         capacity = engine.model.kv_capacity_blocks * engine.model.block_size
         self.max_model_len = capacity if max_model_len is None else max_model_len
-        if int_problem(self.max_model_len, 2):
-            raise ValueError(f"max_model_len (tokens) {int_problem(self.max_model_len, 2)}")
+        if problem := int_problem(self.max_model_len, 2, also=" (tokens)"):
+            raise ValueError(f"max_model_len {problem}")
         self.tokenizer = tokenizer
         self.ids = itertools.count()
         self.created = int(time.time())

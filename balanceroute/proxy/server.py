@@ -83,16 +83,16 @@ class ProxyConfig:
         object.__setattr__(self, "targets", check_targets(self.targets))
         if self.dispatch not in DISPATCH_MODES:
             raise ValueError(f"dispatch {self.dispatch!r} is not a dispatch mode; valid: {', '.join(DISPATCH_MODES)}")
-        if self.max_num_seqs is not None and int_problem(self.max_num_seqs, 1):
-            raise ValueError(f"max_num_seqs {int_problem(self.max_num_seqs, 1)}")
+        if self.max_num_seqs is not None and (problem := int_problem(self.max_num_seqs, 1)):
+            raise ValueError(f"max_num_seqs {problem}")
         if self.dispatch == "pool" and self.max_num_seqs is None:
             raise ValueError("pool dispatch needs the slots per backend: give max_num_seqs (--max-num-seqs), "
                              "the backends' --max-num-seqs")
         for name in ("health_interval_s", "health_timeout_s", "connect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
-        if int_problem(self.max_body_bytes, 1):
-            raise ValueError(f"max_body_bytes {int_problem(self.max_body_bytes, 1)}")
+        if problem := int_problem(self.max_body_bytes, 1):
+            raise ValueError(f"max_body_bytes {problem}")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0 seconds or None, got {self.request_timeout_s!r}")
 

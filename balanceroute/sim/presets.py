@@ -30,10 +30,10 @@ load-dependent terms (``a``, ``p``) to the fixed ones (``c_w``, ``c_0``).
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
+
+from balanceroute.policies.checks import int_problem, number_problem
 
 #: Fields a user may override (everything but the name), with the smallest allowed value and whether it must be
 #: an integer; the bound is inclusive unless listed in _STRICT.
@@ -116,18 +116,13 @@ def _check_value(preset: str, key: str, value: Any) -> None:
     if value is None and key in _NONE_OK:
         return
     minimum, integer = _LIMITS[key]
-    strict = key in _STRICT
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if ok and integer:
-        ok = isinstance(value, numbers.Integral)
-    if ok:
-        finite_ok = math.isfinite(value) or (key in _INFINITE_OK and value == math.inf)
-        ok = finite_ok and (value > minimum if strict else value >= minimum)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        extra = (" (or inf" + (" or None" if key in _NONE_OK else "") + ")") if key in _INFINITE_OK else ""
-        raise ValueError(f"model preset {preset!r}: {key} must be {kind} {bound}{extra}, got {value!r}")
+    if integer:
+        problem = int_problem(value, int(minimum))
+    else:
+        problem = number_problem(value, minimum, low_open=key in _STRICT, allow_inf=key in _INFINITE_OK,
+                                 also=" or None" if key in _NONE_OK else "")
+    if problem:
+        raise ValueError(f"model preset {preset!r}: {key} {problem}")
 
 
 H100_BW, H200_BW = 3.35e12, 4.8e12          # HBM bytes/s

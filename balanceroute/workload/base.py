@@ -101,9 +101,9 @@ def check_count(name: str, value: int | None, *, minimum: int) -> int | None:
     """``value`` as an int (None passes through), or a :class:`WorkloadError` naming ``name``."""
     if value is None:
         return None
-    problem = int_problem(value, minimum)
+    problem = int_problem(value, minimum, also=" or None")
     if problem:
-        raise WorkloadError(f"{name} {problem.replace(', got', ' or None, got', 1)}")
+        raise WorkloadError(f"{name} {problem}")
     return int(value)
 
 
