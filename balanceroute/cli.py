@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = {
     "serve": "balanceroute.vllm_plugin.serve_cli",
     "emulate": "balanceroute.emulate.cli",
     "proxy": "balanceroute.proxy.cli",
+    "calibrate": "balanceroute.calibration.cli",
 }
 #: Entry point group of subcommands defined outside the library: ``name = "module:add_parser"``.
 COMMAND_GROUP = "balanceroute.commands"

@@ -41,7 +41,7 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(temp_path)`` for a temporary file beside ``path``, then move it onto ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -70,8 +70,8 @@ def write_run_files(run_dir: str | os.PathLike, summary: Mapping[str, Any], requ
         raise ValueError(f"run summary is not JSON-serialisable ({exc}); offending key(s): {bad}") from None
     for frame, name in ((requests, REQUESTS_FILE), (timeline, TIMELINE_FILE)):
         if frame is not None:
-            _atomic_write(folder / name, lambda tmp, frame=frame: frame.to_parquet(tmp, index=False))
-    _atomic_write(folder / RESULT_FILE, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+            atomic_write(folder / name, lambda tmp, frame=frame: frame.to_parquet(tmp, index=False))
+    atomic_write(folder / RESULT_FILE, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
     return folder
 
 

@@ -5,8 +5,9 @@ environment (:mod:`balanceroute.vllm_plugin`), sends the workload with the bench
 (:mod:`balanceroute.bench`), reads what happened per engine, and stops the server. Inside a SLURM allocation of
 several nodes the deployment spans them (:func:`balanceroute.serving.multinode.across_allocation`, mode
 ``backend.multinode``: Ray workers or headless vLLM engines on the other nodes, the front end on this one). The
-run folder gets, besides the usual result files, ``vllm_server.log`` and ``decisions.jsonl`` (every routing
-decision with the snapshot it saw). Per-engine results:
+run folder gets, besides the usual result files, ``vllm_server.log``, ``decisions.jsonl`` (every routing
+decision with the snapshot it saw) and ``steps/`` (every engine step's composition and timing, the input of
+``balanceroute calibrate``; ``backend.step_log``). Per-engine results:
 
 - ``worker_requests`` / ``worker_prompt_tokens`` / ``worker_output_tokens``: from the decision log (what the
   router did and the KV it tracked; warm-up requests included);
@@ -26,6 +27,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 import time
 from typing import Any
 
@@ -49,7 +51,7 @@ from balanceroute.protocol.tokenizer import load_tokenizer
 from balanceroute.serving import ENGINE_COUNTERS, ServerError, VllmServer, engine_counter, free_port, serve_command
 from balanceroute.serving.multinode import LayoutError, across_allocation, check_mode
 from balanceroute.sim.timeline import TIMELINE_COLUMNS
-from balanceroute.vllm_plugin.config import UNPATCHED_ENV, RouterConfig
+from balanceroute.vllm_plugin.config import STEP_LOG_ENV, UNPATCHED_ENV, RouterConfig
 from balanceroute.vllm_plugin.decision_log import ROUTE, engine_totals, read_decision_log
 from balanceroute.vllm_plugin.environment import (
     PluginNotInstalledError,
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 
 SERVER_LOG = "vllm_server.log"
 DECISION_LOG = "decisions.jsonl"
+STEP_LOG_DIR = "steps"
 
 
 class VllmBackend:
@@ -119,6 +122,7 @@ class VllmBackend:
             params = {k: v for k, v in spec.router.items() if k != "name"}
             env.update(RouterConfig(spec.router["name"], {**params, "seed": spec.seed},
                                     spec.run_dir.absolute() / DECISION_LOG).to_env())
+            env[STEP_LOG_ENV] = str(spec.run_dir.absolute() / STEP_LOG_DIR) if b.step_log else ""
         else:
             env.update(UNPATCHED_ENV)
         return VllmServer(cmd, spec.run_dir / SERVER_LOG, b.host, port, env=env, cwd=spec.run_dir,
@@ -138,6 +142,7 @@ class VllmBackend:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         decisions = spec.run_dir / DECISION_LOG
         decisions.unlink(missing_ok=True)  # the plugin appends; a rerun starts afresh
+        shutil.rmtree(spec.run_dir / STEP_LOG_DIR, ignore_errors=True)
         endpoint, bench = bench_options(self.backend.bench)
         tokenizer = self._tokenizer()
         server = self.server(spec)

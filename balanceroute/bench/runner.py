@@ -43,6 +43,11 @@ from balanceroute.protocol.tokenizer import TextTokenizer
 from balanceroute.workload import Workload
 
 log = logging.getLogger(__name__)
+#: Seconds an idle connection is kept for reuse. Below the servers' own idle timeout (vLLM's and uvicorn's
+#: default is 5 s, VLLM_HTTP_TIMEOUT_KEEP_ALIVE): a longer one lets the client send a request on a connection the
+#: server is closing at that moment, which fails as "Server disconnected" (seen on a live run after a pause of
+#: ~5 s between arrivals). 3 s leaves room for the client's own scheduling delays on a loaded machine.
+KEEPALIVE_S = 3.0
 
 _SPIN_S = 0.0015  # final stretch of each wait spent yielding instead of sleeping (see _sleep_until)
 
@@ -126,7 +131,7 @@ async def run_benchmark(target_url: str, workload: Workload, *, model: str, stre
         loop.add_signal_handler(signal.SIGINT, on_sigint)
 
     n = len(workload)
-    connector = aiohttp.TCPConnector(limit=max_concurrency or 0, keepalive_timeout=60)
+    connector = aiohttp.TCPConnector(limit=max_concurrency or 0, keepalive_timeout=KEEPALIVE_S)
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
             await _warm_up(send, min(warmup, n), max_concurrency)

@@ -108,6 +108,7 @@ class VllmBackendConfig(StartedServerConfig):
     python: str | None = MISSING
     multinode: str = MISSING
     plugin: bool = MISSING
+    step_log: bool = MISSING
     api_server_count: int | None = MISSING
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)

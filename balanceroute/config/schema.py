@@ -61,7 +61,9 @@ class ModelConfig:
     all-to-all, expert FFN), per step (``c0``), per worker-step (``cw``) and per prefill token (``p``), and the
     scheduler limits per worker; ``external_prefill_tokens_per_s`` is one request's prefill speed and
     ``prefill_pool_tokens_per_s`` the FIFO prefill pool's total throughput in disaggregated mode (null: ample;
-    requests still leave it in client order, balanceroute/sim/prefill.py). E.g. ``model.b=0`` for no shared EP cost.
+    requests still leave it in client order, balanceroute/sim/prefill.py); ``frontend_latency_s`` what the serving
+    front end adds to TTFT and E2EL (measured by ``balanceroute calibrate``). E.g. ``model.b=0`` for no shared EP
+    cost.
     """
 
     name: str = MISSING
@@ -78,6 +80,7 @@ class ModelConfig:
     max_num_batched_tokens: int | None = None
     external_prefill_tokens_per_s: float | None = None
     prefill_pool_tokens_per_s: float | None = None
+    frontend_latency_s: float | None = None
     vllm: VllmServeConfig | None = None
 
 

@@ -7,6 +7,7 @@ slurmd sets, so the same code works under ``sbatch`` (hydra-submitit-launcher), 
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import subprocess
@@ -62,12 +63,32 @@ class Allocation:
 
 
 def node_ip(hostname: str) -> str:
-    """The address other nodes reach ``hostname`` at (what Ray and vLLM bind their head services to)."""
+    """The address other nodes reach ``hostname`` at (what Ray and vLLM bind their head services to).
+
+    A host whose own name resolves to a loopback address (``127.0.1.1 node07`` in /etc/hosts is common) cannot
+    be reached there from other nodes, and Ray announces the node under its outward address instead, which vLLM
+    then fails to match with ``--data-parallel-address`` ("The DP master node (ip: 127.0.0.1) is missing or
+    dead"). For this host such a name gives its outward address, the one Ray picks.
+    """
     try:
-        return socket.gethostbyname(hostname)
+        address = socket.gethostbyname(hostname)
     except OSError as exc:
         raise RuntimeError(f"cannot resolve node {hostname!r} to an IP address ({exc}); set the head address "
                            "explicitly") from None
+    if ipaddress.ip_address(address).is_loopback and hostname.split(".")[0] == socket.gethostname().split(".")[0]:
+        return outward_ip() or address
+    return address
+
+
+def outward_ip() -> str | None:
+    """This host's address on the interface of its default route (None without one). A UDP ``connect`` sends
+    nothing; it only makes the kernel choose the route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("198.51.100.1", 9))  # TEST-NET-2: any address off this host will do
+            return probe.getsockname()[0]
+        except OSError:
+            return None
 
 
 def srun_on(node: str, argv: Sequence[str]) -> list[str]:

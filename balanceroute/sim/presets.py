@@ -41,7 +41,7 @@ _LIMITS: dict[str, tuple[float, bool]] = {
     "a": (0.0, False), "b": (0.0, False), "c0": (0.0, False), "cw": (0.0, False), "p": (0.0, False),
     "kv_capacity_tokens": (1, True), "block_size": (1, True), "max_num_seqs": (1, True),
     "max_num_batched_tokens": (1, True), "external_prefill_tokens_per_s": (0.0, False),
-    "prefill_pool_tokens_per_s": (0.0, False),
+    "prefill_pool_tokens_per_s": (0.0, False), "frontend_latency_s": (0.0, False),
 }
 _STRICT = {"external_prefill_tokens_per_s", "prefill_pool_tokens_per_s"}
 _INFINITE_OK = {"external_prefill_tokens_per_s", "prefill_pool_tokens_per_s"}
@@ -63,6 +63,10 @@ class ModelPreset:
       instances of a disaggregated deployment (``inf``: instantaneous).
     - ``prefill_pool_tokens_per_s``: total prefill throughput of those instances, which serve requests first come,
       first served (:mod:`balanceroute.sim.prefill`); ``None`` (or ``inf``): ample, never a bottleneck.
+    - ``frontend_latency_s``: what the serving front end adds to every request's latency outside the engine
+      steps (HTTP, tokenization, the hop to the engine, detokenization, streaming): added to the times the client
+      sees its first and last token, so TTFT and E2EL grow by it and TPOT does not. 0 in the hardware presets;
+      ``balanceroute calibrate`` measures it (docs/fidelity.md).
     """
 
     name: str
@@ -77,6 +81,7 @@ class ModelPreset:
     max_num_batched_tokens: int
     external_prefill_tokens_per_s: float
     prefill_pool_tokens_per_s: float | None = None
+    frontend_latency_s: float = 0.0
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -344,9 +344,10 @@ class Simulation:
         error = np.array(ERROR_NAMES, dtype=object)[req.error]
         back = np.empty(req.n, dtype=np.int64)
         back[req.request_id] = np.arange(req.n)  # workload order
+        seen = self.model.frontend_latency_s  # tokens reach the client this much after their step
         requests = records_frame(
             request_id=req.request_id[back], worker=req.worker[back], arrival_s=req.client_arrival[back],
-            first_token_s=req.first_token[back], finish_s=req.finish[back], prompt_len=req.prompt[back],
+            first_token_s=req.first_token[back] + seen, finish_s=req.finish[back] + seen, prompt_len=req.prompt[back],
             output_len=req.generated[back], target_output_len=req.output[back], status=status[back],
             error=error[back], preemptions=req.preemptions[back])
         itl, weights = self.itl.arrays()

@@ -11,7 +11,9 @@ alone would be lost; the entry point is what reaches all of them. pyproject.toml
 :mod:`balanceroute.vllm_plugin.config`): without it vLLM is untouched. With it, it validates the policy and its
 parameters, checks that this vLLM's internals are the ones the patch was written for
 (:mod:`balanceroute.vllm_plugin.compat`; it raises, so vLLM does not start, rather than silently routing with
-vLLM's own rule), and patches ``DPLBAsyncMPClient`` (:mod:`balanceroute.vllm_plugin.patch`). See docs/vllm.md.
+vLLM's own rule), and patches ``DPLBAsyncMPClient`` (:mod:`balanceroute.vllm_plugin.patch`). Independently,
+``BALANCEROUTE_STEP_LOG`` (a folder) makes every engine core log its steps there for ``balanceroute calibrate``
+(:mod:`balanceroute.vllm_plugin.step_log`). See docs/vllm.md.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import logging
 import os
 import sys
 
-from balanceroute.vllm_plugin.config import ANY_VERSION_ENV, RouterConfig
+from balanceroute.vllm_plugin.config import ANY_VERSION_ENV, STEP_LOG_ENV, RouterConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,15 @@ def _log_to_stderr() -> None:
 
 
 def register() -> None:
-    """The entry point vLLM calls in each of its processes: patch the DP router when the environment asks."""
+    """The entry point vLLM calls in each of its processes: log engine steps and patch the DP router when the
+    environment asks."""
+    step_folder = os.environ.get(STEP_LOG_ENV, "").strip()
+    if step_folder:
+        _log_to_stderr()
+        from balanceroute.vllm_plugin import compat, step_log
+        compat.check_step_log(any_version=os.environ.get(ANY_VERSION_ENV, "") == "1")
+        from vllm.v1.engine import core
+        step_log.install(core, step_folder)
     config = RouterConfig.from_env()
     if config is None:
         return

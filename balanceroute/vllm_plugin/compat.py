@@ -14,6 +14,7 @@ takes them as arguments so that tests can hand it altered copies.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import types
 from collections.abc import Callable, Iterable
@@ -32,6 +33,10 @@ REQUEST_FIELDS = ("request_id", "prompt_token_ids", "prompt_embeds", "data_paral
                   "external_req_id")
 OUTPUT_FIELDS = ("request_id", "new_token_ids", "finish_reason")
 OUTPUTS_FIELDS = ("outputs", "finished_requests")
+#: What the step log (:mod:`balanceroute.vllm_plugin.step_log`) wraps and reads in the engine core.
+ENGINE_STEP_NAMES = ("scheduler", "schedule", "total_num_scheduled_tokens")
+SCHEDULER_OUTPUT_FIELDS = ("scheduled_new_reqs", "scheduled_cached_reqs", "num_scheduled_tokens",
+                           "total_num_scheduled_tokens")
 
 
 class VllmCompatError(RuntimeError):
@@ -124,6 +129,42 @@ def internals_problems(core_client: types.ModuleType, engine: types.ModuleType) 
     if reason is None or not {"ABORT", "ERROR"} <= set(getattr(reason, "__members__", {})):
         problems.append("vllm.v1.engine.FinishReason lacks ABORT/ERROR")
     return problems
+
+
+def step_log_problems(core: types.ModuleType, sched_output: types.ModuleType) -> list[str]:
+    """Every difference between ``core`` (``vllm.v1.engine.core``) / ``sched_output``
+    (``vllm.v1.core.sched.output``) and what the step log relies on; empty when everything is in place."""
+    engine = getattr(core, "EngineCore", None)
+    if not isinstance(engine, type):
+        return ["vllm.v1.engine.core.EngineCore is missing"]
+    problems = [f"EngineCore.{name} is missing" for name in ("step", "execute_dummy_batch")
+                if not callable(getattr(engine, name, None))]
+    if not problems:
+        problems += _missing("EngineCore.step", ENGINE_STEP_NAMES, code_names(engine.step))
+    fields = {"SchedulerOutput": SCHEDULER_OUTPUT_FIELDS, "NewRequestData": ("num_computed_tokens",),
+              "CachedRequestData": ("num_computed_tokens",)}
+    for name, needed in fields.items():
+        have = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(
+            cls := getattr(sched_output, name, None)) else set()
+        lost = [f for f in needed if f not in have]
+        if lost:
+            problems.append(f"vllm.v1.core.sched.output.{name} lacks field(s) {', '.join(lost)}")
+    return problems
+
+
+def check_step_log(*, any_version: bool = False) -> str:
+    """Like :func:`check_vllm`, for the step log."""
+    import vllm
+    from vllm.v1.core.sched import output
+    from vllm.v1.engine import core
+
+    version = str(vllm.__version__)
+    problems = version_problems(version, any_version=any_version) + step_log_problems(core, output)
+    if problems:
+        raise VllmCompatError(
+            f"balanceroute's step log cannot record vLLM {version}'s engine steps:\n  - " + "\n  - ".join(problems)
+            + "\nUnset BALANCEROUTE_STEP_LOG to run vLLM without it.")
+    return version
 
 
 def check_vllm(*, any_version: bool = False) -> str:

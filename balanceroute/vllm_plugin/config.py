@@ -8,6 +8,8 @@ all of them unchanged is the environment. ``balanceroute serve``, the managed se
   the plugin does nothing and vLLM routes with its own rule.
 - ``BALANCEROUTE_DP_ROUTER_PARAMS``: the policy's parameters as a JSON object, e.g. ``{"K": 3, "seed": 0}``.
 - ``BALANCEROUTE_DECISION_LOG``: a JSONL file every API-server process appends its decisions to (optional).
+- ``BALANCEROUTE_STEP_LOG``: a folder every engine core writes its step log to (``steps_dp<rank>.jsonl``, read
+  by ``balanceroute calibrate``; :mod:`balanceroute.vllm_plugin.step_log`). Independent of the router.
 - ``BALANCEROUTE_VLLM_ANY_VERSION=1``: try a vLLM version other than the tested ones; the internals are still
   checked (see :mod:`balanceroute.vllm_plugin.compat`).
 """
@@ -25,9 +27,10 @@ from balanceroute.policies import Policy, make_policy
 ROUTER_ENV = "BALANCEROUTE_DP_ROUTER"
 PARAMS_ENV = "BALANCEROUTE_DP_ROUTER_PARAMS"
 DECISION_LOG_ENV = "BALANCEROUTE_DECISION_LOG"
+STEP_LOG_ENV = "BALANCEROUTE_STEP_LOG"
 ANY_VERSION_ENV = "BALANCEROUTE_VLLM_ANY_VERSION"
-#: The environment that leaves vLLM unpatched even if the caller's environment names a router.
-UNPATCHED_ENV = {ROUTER_ENV: "", PARAMS_ENV: "", DECISION_LOG_ENV: ""}
+#: The environment that leaves vLLM unpatched even if the caller's environment names a router or a step log.
+UNPATCHED_ENV = {ROUTER_ENV: "", PARAMS_ENV: "", DECISION_LOG_ENV: "", STEP_LOG_ENV: ""}
 
 
 @dataclass(frozen=True)

@@ -79,3 +79,22 @@ def test_a_preset_built_directly_is_validated_too():
     with pytest.raises(ValueError, match="block_size must be an integer >= 1"):
         ModelPreset("x", 1e-3, 0, 0, 0, 0, kv_capacity_tokens=64, block_size=0, max_num_seqs=1,
                     max_num_batched_tokens=1, external_prefill_tokens_per_s=1.0)
+
+
+def test_front_end_latency_delays_what_the_client_sees_and_nothing_else():
+    """frontend_latency_s moves every first and last token the client sees by the same amount: TTFT and E2EL grow
+    by it, TPOT, routing and the engine's steps stay as they were."""
+    from balanceroute.policies import make_policy
+    from balanceroute.sim import SimConfig, simulate
+    from balanceroute.workload import synthetic
+
+    workload = synthetic(num_requests=50, rate=10.0, prompt_mean=100, output_mean=20, seed=4)
+    base, later = (simulate(workload, make_policy("jsq_load"), SimConfig(
+        num_workers=2, model=get_preset("tiny").with_overrides(frontend_latency_s=latency)))
+        for latency in (0.0, 0.05))
+    assert (later.requests["worker"] == base.requests["worker"]).all()
+    for column in ("first_token_s", "finish_s"):
+        assert (later.requests[column] - base.requests[column]).to_numpy() == pytest.approx(0.05, abs=1e-12)
+    assert later.summary["mean_ttft_ms"] == pytest.approx(base.summary["mean_ttft_ms"] + 50.0)
+    assert later.summary["mean_tpot_ms"] == pytest.approx(base.summary["mean_tpot_ms"])
+    assert later.summary["num_steps"] == base.summary["num_steps"]

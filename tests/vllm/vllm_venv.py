@@ -68,9 +68,14 @@ def skip_reason() -> str | None:
     return None
 
 
-def cpu_env(*, moe: bool, dp: int) -> dict[str, str]:
-    """CPU-only server settings: the MoE-with-DP workarounds on the path, one OpenMP core per DP engine."""
-    extra = {"VLLM_CPU_OMP_THREADS_BIND": "|".join(str(i % (os.cpu_count() or 1)) for i in range(dp))}
+def cpu_env(*, moe: bool, dp: int, engine_cores: int | None = None) -> dict[str, str]:
+    """CPU-only server settings: the MoE-with-DP workarounds on the path, the DP engines' OpenMP threads bound to
+    cores 0 .. ``engine_cores`` - 1 in turn (default: one core per engine, as many as there are).
+
+    Measurements want ``engine_cores`` below the machine's cores: engines with DP busy-loop in lock-step, and
+    with every core taken the API server and the benchmark client fall seconds behind (docs/fidelity.md)."""
+    cores = engine_cores or os.cpu_count() or 1
+    extra = {"VLLM_CPU_OMP_THREADS_BIND": "|".join(str(i % cores) for i in range(dp))}
     if moe and dp > 1:
         extra["PYTHONPATH"] = str(CPU_SITE)
     return extra
