@@ -71,10 +71,12 @@ def array_of(sweep: Path) -> str:
 
 
 def wait_running(array: str, proc: subprocess.Popen) -> str:
-    """A task of ``array`` once it is RUNNING."""
+    """A task of ``array`` (or the job itself, when the sweep had one run and submitit no array) once it is
+    RUNNING."""
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline and proc.poll() is None:
-        running = [job for job, state in job_states().items() if job.startswith(f"{array}_") and state == "RUNNING"]
+        running = [job for job, state in job_states().items()
+                   if (job == array or job.startswith(f"{array}_")) and state == "RUNNING"]
         if running:
             return running[0]
         time.sleep(0.2)
