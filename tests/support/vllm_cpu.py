@@ -74,15 +74,18 @@ class ServedModel:
 
 @contextlib.contextmanager
 def vllm_server(model_dir: Path, log_path: Path, *, model: str = "tiny", max_num_seqs: int = 8,
-                extra_args: Sequence[str] = (), ready_timeout_s: float = 300.0) -> Iterator[ServedModel]:
+                extra_args: Sequence[str] = (), ready_timeout_s: float = 300.0,
+                omp_bind: str | None = None) -> Iterator[ServedModel]:
     """Run ``vllm serve`` on the tiny model for the ``with`` block (:class:`balanceroute.serving.VllmServer`:
     ServerError with the log's tail if it dies or is not healthy within ``ready_timeout_s``; its whole process
-    group stopped afterwards)."""
+    group stopped afterwards). ``omp_bind``: the cores of the engine's OpenMP threads
+    (``VLLM_CPU_OMP_THREADS_BIND``; None: vLLM's choice, every core)."""
     port = free_port()
     cmd = [str(venv_path() / "bin" / "vllm"), "serve", str(model_dir), "--load-format", "dummy",
            "--dtype", "bfloat16", "--max-model-len", "1024", "--enforce-eager", "--max-num-seqs", str(max_num_seqs),
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", model, *extra_args]
-    with VllmServer(cmd, log_path, "127.0.0.1", port, env=server_env(), ready_timeout_s=ready_timeout_s,
+    env = server_env() if omp_bind is None else {**server_env(), "VLLM_CPU_OMP_THREADS_BIND": omp_bind}
+    with VllmServer(cmd, log_path, "127.0.0.1", port, env=env, ready_timeout_s=ready_timeout_s,
                     stop_grace_s=30) as server:
         yield ServedModel(server.url, model, model_dir, server)
 
