@@ -179,13 +179,20 @@ class StepGroup:
         plan = self.plan
         if plan.done == plan.applied:
             self._waiting_then = self.waiting.count.copy()
-        self.host.tracker.tokens_bulk(self.running.fields[SLOT, :self.running.count], k)
+        self._tokens_to_all(k)
         plan.done += k
+
+    def _tokens_to_all(self, k: int) -> None:
+        """Tell the tracker that every running request generated k more tokens (the per-worker counts kept here
+        spare it counting the requests' workers)."""
+        running = self.running
+        self.host.tracker.tokens_bulk(running.fields[SLOT, :running.count], k, per_worker=running.per_worker,
+                                      first_worker=self.first_worker)
 
     def _apply(self, k: int) -> None:
         """Apply the next k planned steps: step 0 as scheduled, the others pure decode steps (those already done
         are in the tracker: the rest are counted there now)."""
-        running, req, plan, tracker = self.running, self.req, self.plan, self.host.tracker
+        running, req, plan = self.running, self.req, self.plan
         n, fields = running.count, running.fields
         first = plan.applied
         counted = plan.done - first
@@ -201,34 +208,9 @@ class StepGroup:
                 first_weight -= running.without_first_token
                 running.without_first_token = 0
             fields[J:NREM + 1, :n] += k  # generated, computed and -remaining (adjacent rows)
-            tracker.tokens_bulk(fields[SLOT, :n], k - counted)
+            self._tokens_to_all(k - counted)
         else:  # step 0 computes prefill chunks: requests that computed their last uncomputed token sample one
-            fields[C, :n] += new
-            j0 = fields[J, :n]
-            sampled = fields[C, :n] == fields[S, :n] + j0
-            first_token = sampled & (j0 == 0)
-            if first_token.any():
-                req.first_token[fields[RID, :n][first_token]] = ends[0]
-                running.without_first_token -= int(first_token.sum())
-            # decoding requests sampled at the end of the previous step too: their gap is this step; a
-            # recompute's first token follows the last token before its preemption
-            prefilling = fields[PF, :n] > 0
-            later = sampled & (j0 > 0)
-            first_weight = int(_sum(later & ~prefilling))
-            resumed = later & prefilling
-            if resumed.any():
-                self.host.itl.add(ends[0] - req.last_token[fields[RID, :n][resumed]], 1)
-            done_prefill = sampled & prefilling
-            running.prefilling -= int(_sum(done_prefill))
-            fields[PF, :n][done_prefill] = 0
-            fields[J, :n] += sampled
-            fields[NREM, :n] += sampled
-            tokens0 = int(_sum(sampled))
-            if k > 1:  # the decode steps (a plan only has them when step 0 leaves no prefill behind)
-                fields[J:NREM + 1, :n] += k - 1
-                tracker.tokens_bulk(fields[SLOT, :n], k - counted)
-            else:
-                tracker.tokens_bulk(fields[SLOT, :n][sampled], 1)
+            first_weight, tokens0 = self._prefill_step(new, ends[0], k, counted)
         itl = self.host.itl
         if first_weight == n:
             itl.add(durations, n)
@@ -240,6 +222,54 @@ class StepGroup:
         plan.applied = plan.done = first + k
         self.clock = float(ends[-1])
         self.step += k
+
+    def _prefill_step(self, new: np.ndarray, end: float, k: int, counted: int) -> tuple[int, int]:
+        """Apply a step 0 that computes ``new`` tokens per running request (prefill chunks) and the k - 1 decode
+        steps planned after it (the first ``counted`` of the k are in the tracker already). Returns the requests
+        that decoded before it (the ITL weight of its duration) and the tokens it sampled.
+
+        A request samples when it has computed its last uncomputed token. A decoding request always does (it
+        holds every token but the one it sampled last), so only the prefilling ones, a few, are looked at one
+        by one: that costs less than vectorised passes over every running request. A decoding request's gap
+        is this step; a recompute's first token follows the last token before its preemption.
+        """
+        running, fields, req = self.running, self.running.fields, self.req
+        n = running.count
+        fields[C, :n] += new
+        rows = np.flatnonzero(fields[PF, :n]).tolist()
+        unsampled, done, gaps, fresh = [], [], [], 0
+        for r in rows:
+            if fields[C, r] != fields[S, r] + fields[J, r]:
+                unsampled.append(r)
+            elif fields[J, r] == 0:
+                fresh += 1
+                done.append(r)
+            else:
+                gaps.append(end - req.last_token[fields[RID, r]])
+                done.append(r)
+        decoding = n - len(rows)
+        fresh_decoding = running.without_first_token - fresh - sum(int(fields[J, r] == 0) for r in unsampled)
+        if fresh + fresh_decoding:  # first tokens: prompts just prefilled, and (disaggregated) decoding from now
+            first_token = fields[J, :n] == 0
+            if unsampled:
+                first_token[unsampled] = False
+            req.first_token[fields[RID, :n][first_token]] = end
+            running.without_first_token -= fresh + fresh_decoding
+        if gaps:
+            self.host.itl.add(np.array(gaps), 1)
+        running.prefilling -= len(done)
+        fields[PF, done] = 0
+        if unsampled:  # a prompt continues next step: a single step (decode steps follow only when none does)
+            sampled = np.ones(n, dtype=bool)
+            sampled[unsampled] = False
+            fields[J:NREM + 1:NREM - J, :n] += sampled  # generated and -remaining (rows J and NREM)
+            self.host.tracker.tokens_bulk(fields[SLOT, :n][sampled], 1)
+        else:  # every request sampled; the decode steps after step 0 add a token each (and compute one)
+            fields[J:NREM + 1:NREM - J, :n] += 1
+            if k > 1:
+                fields[J:NREM + 1, :n] += k - 1
+            self._tokens_to_all(k - counted)
+        return decoding - fresh_decoding, n - len(unsampled)
 
     # ---- events at a step boundary ---------------------------------------------------------------------------------
     def _boundary(self) -> None:

@@ -54,10 +54,13 @@ class Scheduler:
         self.capacity_blocks = model.kv_capacity_blocks
         self.max_seqs = model.max_num_seqs
         self.token_budget = model.max_num_batched_tokens
-        # per schedule: KV blocks per worker after this step's allocation (exact, or the upper bound), whether
-        # exact, and the step's load when every request decodes one token and none was admitted (else None)
-        self._blocks = np.zeros(self.num_workers)
+        # per schedule: KV blocks per worker after this step's allocation (exact, or the upper bound; None: the
+        # bound, not computed yet, see _block_bound), whether exact, the step's load (the bound's input) and its
+        # largest entry, and the load when every request decodes one token and none was admitted (else None)
+        self._blocks: np.ndarray | None = np.zeros(self.num_workers)
         self._blocks_exact = False
+        self._load = self._blocks
+        self._peak_load = 0.0
         self._decode_load: np.ndarray | None = None
 
     def schedule(self, now: float) -> ScheduledStep | None:
@@ -76,7 +79,8 @@ class Scheduler:
                 self._decode_load = load if new is None else None
                 self._blocks_exact = False
                 blocks = None
-                if float(_max(load)) / block + self.max_seqs <= cap:  # far from full
+                self._peak_load = float(_max(load))
+                if self._peak_load / block + self.max_seqs <= cap:  # far from full
                     break
                 blocks = load / block + running.per_worker
                 if _max(blocks) <= cap:
@@ -92,21 +96,24 @@ class Scheduler:
             budget_left = np.full(g, self.token_budget, dtype=np.int64)
             blocks = np.zeros(g)
             self._blocks_exact = True
-        self._blocks = load / block + running.per_worker if blocks is None else blocks
+        self._blocks = blocks
+        if blocks is None:
+            self._load = load
         if self.waiting.total:
-            self._admit(budget_left, blocked)
+            self._admit(self.token_budget - running.per_worker if budget_left is None else budget_left, blocked)
         if running.count == 0:
             if self.waiting.total:
                 raise RuntimeError("simulator bug: requests wait on an empty worker that cannot admit them")
             return None
         return self._scheduled_step()
 
-    def _running_tokens(self) -> tuple[np.ndarray | None, np.ndarray]:
-        """Tokens each running request computes this step (None: one each) and the token budget left per worker."""
+    def _running_tokens(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Tokens each running request computes this step (None: one each) and the token budget left per worker
+        (None: one token per running request is taken, computed only if requests wait)."""
         running = self.running
         n, fields = running.count, running.fields
         if running.prefilling == 0:
-            return None, self.token_budget - running.per_worker
+            return None, None
         pf = fields[PF, :n].astype(bool)
         left = (self.token_budget - np.bincount(fields[W, :n][~pf], minlength=self.num_workers)).tolist()
         rows = np.flatnonzero(pf)
@@ -117,6 +124,22 @@ class Scheduler:
             fields[CHUNK, r] = chunk
             left[w] -= chunk
         return np.where(pf, fields[CHUNK, :n], 1), np.array(left, dtype=np.int64)
+
+    def _block_bound(self) -> np.ndarray:
+        """KV blocks per worker after this step's allocation, as kept (exact or bounded); the bound from the load
+        (a request wastes less than a block) is computed here when first needed: most steps never need it."""
+        if self._blocks is None:
+            self._blocks = self._load / self.block_size + self.running.per_worker
+        return self._blocks
+
+    def _may_run_short(self, growth: int) -> bool:
+        """Whether a worker's blocks plus ``growth`` more per slot could exceed the capacity (then the stretch
+        is cut where blocks could run out). The per-worker bound is only built when the one from the peak load
+        (which is larger: a worker runs at most ``max_seqs`` requests) does not settle it."""
+        cap, seqs = self.capacity_blocks, self.max_seqs
+        if self._blocks is None and (self._peak_load / self.block_size + seqs) + seqs * growth <= cap:
+            return False
+        return _max(self._block_bound()) + seqs * growth > cap
 
     def _exact_blocks(self) -> np.ndarray:
         """Exact KV blocks per worker of the running requests after this step's allocation (a request holds
@@ -162,7 +185,7 @@ class Scheduler:
         """
         req, block, cap, running, waiting = self.req, self.block_size, self.capacity_blocks, self.running, self.waiting
         status, prompt, output, generated, computed = req.status, req.prompt, req.output, req.generated, req.computed
-        base = self._blocks
+        base = self._block_bound()
         admitted = np.zeros(self.num_workers, dtype=np.int64)
         columns: list[tuple] = []
         for w in np.flatnonzero(waiting.count).tolist():
@@ -240,7 +263,7 @@ class Scheduler:
             # a request needs at most one new block per block_size steps; count exactly only if that could
             # exceed the capacity
             cap, per_worker, growth = self.capacity_blocks, running.per_worker, 1 + steps // self.block_size
-            if steps > 1 and _max(self._blocks) + self.max_seqs * growth > cap:
+            if steps > 1 and self._may_run_short(growth):
                 blocks = self._blocks
                 if (blocks + per_worker * growth > cap).any():
                     if not self._blocks_exact:

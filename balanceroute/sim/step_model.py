@@ -94,16 +94,16 @@ class StepModel:
             shortest = self.cw + self.c0 + self.a * float(_max(load)) + self.b_mean * total
             if ahead < (span - 2) * shortest:
                 span = max(int(ahead / shortest), 0) + 2
-        loads = peak = busy = None
-        if span == 1:
-            durations = np.array([first])
-        else:  # step m: loads L0 + m * running; T = c_w + c_0 + a * max_g L + b * mean L
-            loads = load + _STEPS_COL[:span] * running.per_worker
-            peak = _max(loads, axis=1)
-            durations = ((self.cw + self.c0 + self.b_mean * total) + self.a * peak
-                         + (self.b_mean * running.count) * _STEPS[:span])
-            durations[0] = first
-            if with_busy:  # worker g's busy time: its local time plus the shared phase (see StepRecorder)
-                busy = self.a * (loads - peak[:, None]) + durations[:, None]
-                busy[0] = (local - slowest) + first  # step 0 may prefill: from its own local times
+        if span == 1:  # one step: its end without the running sum (the same float)
+            return StepPlan(step, local, np.array([first]), np.array([clock + first]), None, None, None, 1)
+        # step m: loads L0 + m * running; T = c_w + c_0 + a * max_g L + b * mean L
+        loads = load + _STEPS_COL[:span] * running.per_worker
+        peak = _max(loads, axis=1)
+        durations = ((self.cw + self.c0 + self.b_mean * total) + self.a * peak
+                     + (self.b_mean * running.count) * _STEPS[:span])
+        durations[0] = first
+        busy = None
+        if with_busy:  # worker g's busy time: its local time plus the shared phase (see StepRecorder)
+            busy = self.a * (loads - peak[:, None]) + durations[:, None]
+            busy[0] = (local - slowest) + first  # step 0 may prefill: from its own local times
         return StepPlan(step, local, durations, clock + _cumsum(durations), loads, peak, busy, span)
