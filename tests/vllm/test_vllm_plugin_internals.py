@@ -119,6 +119,14 @@ def test_internals_check_names_each_difference(probe, case, words):
     assert any(words in p for p in problems), problems
 
 
+def test_step_log_check_passes_on_the_real_vllm_and_names_each_difference(probe):
+    checks = probe["compat"]["step_log"]
+    assert checks["real"] == []
+    assert checks["no_dummy"] == ["EngineCore.execute_dummy_batch is missing"]
+    assert checks["output_field"] == [
+        "vllm.v1.core.sched.output.SchedulerOutput lacks field(s) num_scheduled_tokens"]
+
+
 def test_register_refuses_rather_than_routing_with_vllms_rule(probe):
     reg = probe["compat"]["register"]
     assert reg["unset"] == "untouched"  # without BALANCEROUTE_DP_ROUTER vLLM is left alone

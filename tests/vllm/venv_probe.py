@@ -159,7 +159,28 @@ def compat() -> dict:
                                                          "BALANCEROUTE_VLLM_ANY_VERSION": "1"})
     vllm.__version__ = real_version
     out["register"]["route_replaced"] = base.get_core_engine_for_request is not real_route
+    out["step_log"] = step_log_compat()
     return out
+
+
+def step_log_compat() -> dict:
+    """The step log's internals check on vLLM's engine core and scheduler output, real and altered."""
+    import dataclasses
+
+    from vllm.v1.core.sched import output
+    from vllm.v1.engine import core
+
+    from balanceroute.vllm_plugin import compat as C
+
+    class NoDummy(core.EngineCore):
+        execute_dummy_batch = None
+
+    without = dataclasses.make_dataclass("SchedulerOutput", [
+        f.name for f in dataclasses.fields(output.SchedulerOutput) if f.name != "num_scheduled_tokens"])
+    return {"real": C.step_log_problems(core, output),
+            "no_dummy": C.step_log_problems(types.SimpleNamespace(EngineCore=NoDummy), output),
+            "output_field": C.step_log_problems(core, types.SimpleNamespace(
+                **{**vars(output), "SchedulerOutput": without}))}
 
 
 def main() -> None:
