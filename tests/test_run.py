@@ -166,19 +166,24 @@ def test_multirun_2x2_compare_and_resume(tmp_path, run_py):
 
 @pytest.mark.slow
 def test_sweep_interrupted_by_ctrl_c_finishes_on_rerun(tmp_path, run_py):
-    """A real interruption: SIGINT once the first run has finished, then the same command again."""
-    sweep = tmp_path / "sweep"
+    """A real interruption: SIGINT once the first run has finished (the sweep held there by a test callback,
+    tests/support/hold.py, so that the signal lands between runs at any machine load), then the same command
+    again."""
+    sweep, marker = tmp_path / "sweep", tmp_path / "first_run_done"
     args = ["-m", "router=jsq,jsq_load,vllm_default", "rate=2,4", "workload.num_requests=1500",
             f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=tmp_path, text=True,
+    hold = ["+hydra.callbacks.hold._target_=tests.support.hold.HoldAfterFirstJob",
+            f"+hydra.callbacks.hold.marker={marker}"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, *hold], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not mtimes(sweep) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate(timeout=60)[0][-3000:]
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     done = mtimes(sweep)
-    assert 1 <= len(done) < 6, "the sweep should have been interrupted part-way"
+    assert len(done) == 1, "the sweep should have been interrupted after its first run"
 
     rerun = run_py(args, tmp_path)
     assert rerun.returncode == 0, rerun.stderr
