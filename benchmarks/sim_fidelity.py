@@ -39,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd
 from omegaconf import OmegaConf
 
-from balanceroute.calibration.fit import StepFit
+from balanceroute.calibration.fit import StepCosts
+from balanceroute.calibration.frontend import sent_workload
 from balanceroute.calibration.steps import read_steps
-from balanceroute.results import read_result
+from balanceroute.results import REQUESTS_FILE, read_result
 from tests.slurm.conftest import slurm_skip_reason
 from tests.vllm import vllm_venv
 from tests.vllm.tiny_models import make_tiny_moe
@@ -95,13 +96,13 @@ def live_sweep(args: argparse.Namespace, out: Path) -> dict[tuple[str, float], P
 
 
 def sent_requests_trace(live_dir: Path, path: Path) -> Path:
-    """The requests a live run sent, at the times it sent them, as an Azure-format trace (the simulator's
-    ``load_azure_trace``): a client on a loaded machine sends some late, and the simulator should see what the
-    server saw."""
-    sent = pd.read_parquet(live_dir / "requests.parquet").sort_values("arrival_s", kind="stable")
-    stamps = pd.Timestamp("2026-01-01") + pd.to_timedelta(sent["arrival_s"], unit="s")
-    pd.DataFrame({"TIMESTAMP": stamps.dt.strftime("%Y-%m-%d %H:%M:%S.%f"), "ContextTokens": sent["prompt_len"],
-                  "GeneratedTokens": sent["target_output_len"]}).to_csv(path, index=False)
+    """The requests a live run sent, at the times it sent them (calibration's own replay,
+    :func:`~balanceroute.calibration.frontend.sent_workload`), as an Azure-format trace for ``run.py``'s
+    ``load_azure_trace``."""
+    sent = sent_workload(pd.read_parquet(live_dir / REQUESTS_FILE))
+    stamps = pd.Timestamp("2026-01-01") + pd.to_timedelta(sent.arrival_s, unit="s")
+    pd.DataFrame({"TIMESTAMP": stamps.strftime("%Y-%m-%d %H:%M:%S.%f"), "ContextTokens": sent.prompt_len,
+                  "GeneratedTokens": sent.output_len}).to_csv(path, index=False)
     return path
 
 
@@ -117,10 +118,8 @@ def predict(out: Path, live_dir: Path, router: str, rate: float) -> dict:
 
 def step_period_error(calibrated: Path, live_dir: Path) -> float:
     """(fitted - measured) / measured mean step period of ``live_dir``'s engines under the calibrated model."""
-    model = OmegaConf.load(calibrated)
     steps = read_steps(live_dir)
-    fit = StepFit(model.cw + model.c0, model.a, model.b, model.p, steps.num_steps, 0.0, 0.0, 0.0, 0)
-    return float(fit.predict(steps).mean() / steps.period.mean() - 1.0)
+    return float(StepCosts.of_model(OmegaConf.load(calibrated)).predict(steps).mean() / steps.period.mean() - 1.0)
 
 
 def errors(live: dict, sim: dict) -> dict[str, float]:

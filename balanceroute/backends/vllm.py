@@ -60,12 +60,12 @@ from balanceroute.vllm_plugin.environment import (
     find_vllm,
     python_of,
 )
+from balanceroute.vllm_plugin.step_log import STEP_LOG_DIR
 
 log = logging.getLogger(__name__)
 
 SERVER_LOG = "vllm_server.log"
 DECISION_LOG = "decisions.jsonl"
-STEP_LOG_DIR = "steps"
 
 
 class VllmBackend:

@@ -16,6 +16,7 @@ squared error.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
@@ -29,26 +30,38 @@ STEP_MODEL_KEYS = ("a", "b", "c0", "cw", "p")
 
 
 @dataclass(frozen=True)
-class StepFit:
-    """Fitted coefficients (seconds, seconds per token) and how well they explain the steps they came from."""
+class StepCosts:
+    """The step model's coefficients as periods identify them (seconds, seconds per token)."""
 
     constant: float   # c_0 + c_w
     a: float
     b: float
     p: float
-    num_steps: int
-    r2: float                 # share of the periods' variance explained
-    mean_abs_error: float     # mean |predicted - measured| / mean measured
-    mean_period_s: float      # measured mean step period
-    rounds: int
+
+    @classmethod
+    def of_model(cls, model: Any) -> StepCosts:
+        """The costs of a model config or preset (anything with ``a``, ``b``, ``c0``, ``cw``, ``p``)."""
+        return cls(model.c0 + model.cw, model.a, model.b, model.p)
 
     def coefficients(self) -> dict[str, float]:
         """The model config keys (``c0`` 0, the constant in ``cw``: see the module docstring)."""
         return dict(zip(STEP_MODEL_KEYS, (self.a, self.b, 0.0, self.constant, self.p)))
 
     def predict(self, steps: StepTable) -> np.ndarray:
+        """The period of each of ``steps`` under these costs."""
         local = self.a * steps.kv + self.p * steps.prefill
         return self.constant + local.max(axis=1) + self.b * steps.kv.mean(axis=1)
+
+
+@dataclass(frozen=True)
+class StepFit(StepCosts):
+    """Fitted costs and how well they explain the steps they came from."""
+
+    num_steps: int
+    r2: float                 # share of the periods' variance explained
+    mean_abs_error: float     # mean |predicted - measured| / mean measured
+    mean_period_s: float      # measured mean step period
+    rounds: int
 
 
 def _design(steps: StepTable, slowest: np.ndarray) -> np.ndarray:
@@ -74,9 +87,8 @@ def fit_steps(steps: StepTable) -> StepFit:
         if slowest.tobytes() in seen:  # converged, or cycling between choices: keep the best solve
             break
     constant, a, p, b = (float(v) for v in best[0])
-    fit = StepFit(constant, a, b, p, steps.num_steps, 0.0, 0.0, float(steps.period.mean()), rounds)
-    error = fit.predict(steps) - steps.period
-    spread = float(((steps.period - steps.period.mean()) ** 2).sum())
+    error = StepCosts(constant, a, b, p).predict(steps) - steps.period
+    mean = float(steps.period.mean())
+    spread = float(((steps.period - mean) ** 2).sum())
     r2 = 1.0 - float((error**2).sum()) / spread if spread > 0 else float("nan")
-    return StepFit(constant, a, b, p, steps.num_steps, r2, float(np.abs(error).mean() / steps.period.mean()),
-                   fit.mean_period_s, rounds)
+    return StepFit(constant, a, b, p, steps.num_steps, r2, float(np.abs(error).mean()) / mean, mean, rounds)

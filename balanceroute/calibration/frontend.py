@@ -17,12 +17,10 @@ import numpy as np
 import pandas as pd
 
 from balanceroute.policies import make_policy
+from balanceroute.results import REQUESTS_FILE
 from balanceroute.sim import SimConfig, simulate
 from balanceroute.sim.presets import ModelPreset
 from balanceroute.workload import Workload
-
-REQUESTS_FILE = "requests.parquet"
-COMPLETED = "completed"
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ def replay(run_dir: Path, result: dict, preset: ModelPreset) -> tuple[pd.DataFra
     deployment = SimConfig(num_workers=config["parallel"]["dp"], model=preset, barrier=bool(config["model"]["moe"]),
                            seed=result["seed"])
     sim = simulate(sent_workload(live), policy, deployment).requests
-    both = (live["status"] == COMPLETED).to_numpy() & (sim["status"] == COMPLETED).to_numpy()
+    both = (live["status"] == "completed").to_numpy() & (sim["status"] == "completed").to_numpy()
     return live[both], sim[both]
 
 

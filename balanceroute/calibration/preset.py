@@ -21,14 +21,13 @@ from balanceroute.calibration.steps import StepLogError
 from balanceroute.results import atomic_write
 from balanceroute.sim.presets import ModelPreset, get_preset
 
-#: Engine header fields (the step log's) and the model config keys they set.
-ENGINE_LIMITS = {"max_num_seqs": "max_num_seqs", "max_num_batched_tokens": "max_num_batched_tokens",
-                 "block_size": "block_size"}
+#: Fields of the step log's engine header that are model config keys of the same name.
+ENGINE_LIMITS = ("max_num_seqs", "max_num_batched_tokens", "block_size")
 
 
 def engine_limits(engines: Sequence[dict]) -> dict[str, int]:
     """The scheduler limits and KV capacity every engine reported (StepLogError when they differ)."""
-    values: dict[str, set] = {key: {e[field] for e in engines} for field, key in ENGINE_LIMITS.items()}
+    values: dict[str, set] = {key: {e[key] for e in engines} for key in ENGINE_LIMITS}
     values["kv_capacity_tokens"] = {e["num_gpu_blocks"] * e["block_size"] for e in engines}
     differing = {key: sorted(v) for key, v in values.items() if len(v) != 1}
     if differing:
@@ -45,7 +44,7 @@ def fitted_preset(model: dict[str, Any], fit: StepFit, engines: Sequence[dict]) 
 
 def calibrated_model(model: dict[str, Any], preset: ModelPreset, frontend: FrontendFit) -> dict[str, Any]:
     """``model`` with the fitted preset's coefficients and limits and the front-end latency."""
-    fitted = {k: getattr(preset, k) for k in (*STEP_MODEL_KEYS, "kv_capacity_tokens", *ENGINE_LIMITS.values())}
+    fitted = {k: getattr(preset, k) for k in (*STEP_MODEL_KEYS, "kv_capacity_tokens", *ENGINE_LIMITS)}
     return {**model, **fitted, "frontend_latency_s": frontend.latency_s}
 
 

@@ -21,9 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from balanceroute.vllm_plugin.step_log import ENGINE
-
-STEP_DIR = "steps"
+from balanceroute.vllm_plugin.step_log import ENGINE, STEP_LOG_DIR
 
 
 class StepLogError(ValueError):
@@ -86,7 +84,7 @@ def _periods(frame: pd.DataFrame, lock_step: bool) -> pd.Series:
 
 def read_steps(run_dir: str | Path) -> StepTable:
     """The lock-steps of one live run (StepLogError naming the folder when it has no step logs)."""
-    folder = Path(run_dir) / STEP_DIR
+    folder = Path(run_dir) / STEP_LOG_DIR
     paths = sorted(folder.glob("steps_dp*.jsonl"), key=lambda p: int(p.stem.removeprefix("steps_dp")))
     if not paths:
         raise StepLogError(f"{run_dir}: no step logs ({folder}/steps_dp<rank>.jsonl); they are written by vLLM "

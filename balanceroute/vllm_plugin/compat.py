@@ -144,8 +144,8 @@ def step_log_problems(core: types.ModuleType, sched_output: types.ModuleType) ->
     fields = {"SchedulerOutput": SCHEDULER_OUTPUT_FIELDS, "NewRequestData": ("num_computed_tokens",),
               "CachedRequestData": ("num_computed_tokens",)}
     for name, needed in fields.items():
-        have = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(
-            cls := getattr(sched_output, name, None)) else set()
+        cls = getattr(sched_output, name, None)
+        have = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
         lost = [f for f in needed if f not in have]
         if lost:
             problems.append(f"vllm.v1.core.sched.output.{name} lacks field(s) {', '.join(lost)}")

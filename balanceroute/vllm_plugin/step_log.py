@@ -26,6 +26,8 @@ import time
 import types
 from pathlib import Path
 
+#: The step logs' folder inside a run folder (the vllm backend's ``BALANCEROUTE_STEP_LOG``).
+STEP_LOG_DIR = "steps"
 ENGINE, STEP = "engine", "step"
 _INSTALLED_ATTR = "_balanceroute_step_log"
 _WRITER_ATTR = "_balanceroute_step_writer"
