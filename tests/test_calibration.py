@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from balanceroute.calibration.fit import fit_steps
 from balanceroute.calibration.steps import StepLogError, read_steps
+from balanceroute.calibration.timings import TokenTimings, fit_timings, token_timings
 from balanceroute.cli import main as cli_main
 from balanceroute.policies import make_policy
 from balanceroute.results import write_run_files
@@ -107,7 +110,8 @@ def live_run(run_dir: Path, *, backend: str = "vllm", seed: int = 0) -> Path:
     model = {"name": "tiny", "hf_repo": None, "moe": True, "a": None, "b": None, "c0": None, "cw": None, "p": None,
              "kv_capacity_tokens": None, "block_size": None, "max_num_seqs": None, "max_num_batched_tokens": None,
              "external_prefill_tokens_per_s": None, "prefill_pool_tokens_per_s": None, "frontend_latency_s": None,
-             "vllm": {"model": "/models/tiny_moe", "served_model_name": "tiny_moe", "max_num_seqs": 8}}
+             "vllm": {"model": "/models/tiny_moe", "served_model_name": "tiny_moe", "max_num_seqs": 8,
+                      "max_num_batched_tokens": 512}}
     config = {"model": model, "router": {"_target_": "balanceroute.policies.make_policy", "name": "round_robin"},
               "parallel": {"dp": 2, "tp": 1, "ep": True}}
     write_run_files(run_dir, {"backend": backend, "completed": 40, "seed": seed, "config": config}, requests)
@@ -148,7 +152,8 @@ def test_calibrate_refuses_what_it_cannot_fit_with_one_line(tmp_path, capsys, ca
     else:
         run_dir.mkdir()
     out = tmp_path / "model.yaml"
-    assert cli_main(["calibrate", str(run_dir), "--out", str(out)]) == 2
+    source = ["--from", "steps"] if case == "no_steps" else []  # (auto would fit the token timings)
+    assert cli_main(["calibrate", str(run_dir), "--out", str(out), *source]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -162,3 +167,65 @@ def test_steps_of_ranks_missing_each_other_are_left_out(tmp_path):
     log.write_text("\n".join(lines[:21]) + "\n" + lines[21][:15])  # rank 1 died mid-line after 20 steps
     with pytest.raises(StepLogError, match="only 19 complete steps"):
         fit_steps(read_steps(tmp_path))
+
+
+def simulated_requests(preset, *, barrier: bool, rate: float, seed: int):
+    workload = synthetic(num_requests=150, rate=rate, prompt_mean=300, output_mean=150, seed=seed)
+    return simulate(workload, make_policy("jsq_load"), SimConfig(num_workers=2, model=preset, barrier=barrier,
+                                                                 seed=seed)).requests
+
+
+@pytest.mark.parametrize("barrier", [True, False])
+def test_token_timings_recover_the_step_costs_of_the_simulator(barrier):
+    """Without step logs: the simulator's per-request first and last token times, fitted back, give its constant
+    and prefill cost, and a + b (two ranks' max and mean load move together; a worker of its own pays them alike,
+    so then all of it is in a), close enough that the fitted model predicts other runs' mean TPOT."""
+    preset = get_preset("tiny").with_overrides(a=2e-6, b=1e-6, c0=0.0, cw=0.012, p=5e-5, kv_capacity_tokens=200_000,
+                                               block_size=16, max_num_seqs=8, max_num_batched_tokens=2048)
+    timings = TokenTimings.concat([token_timings(simulated_requests(preset, barrier=barrier, rate=3.0, seed=s), 2,
+                                                 barrier=barrier) for s in (0, 1)])
+    fit = fit_timings(timings)
+    assert fit.constant == pytest.approx(0.012, rel=0.03)
+    assert fit.p == pytest.approx(5e-5, rel=0.1)
+    assert fit.a + fit.b == pytest.approx(3e-6, rel=0.1)
+    assert fit.b == 0.0 or barrier
+    assert fit.r2 > 0.95
+    fitted = preset.with_overrides(**fit.coefficients())
+    for rate in (2.0, 5.0):  # held out: other rates and seeds
+        live = simulated_requests(preset, barrier=barrier, rate=rate, seed=7)
+        sim = simulated_requests(fitted, barrier=barrier, rate=rate, seed=7)
+        tpot = [((f.finish_s - f.first_token_s) / (f.output_len - 1))[f.output_len > 1].mean() for f in (live, sim)]
+        assert tpot[1] == pytest.approx(tpot[0], rel=0.03)
+
+
+def test_calibrate_without_step_logs_fits_the_token_timings(tmp_path, capsys):
+    runs = [live_run(tmp_path / f"run{i}", seed=i) for i in range(2)]
+    for run_dir in runs:
+        shutil.rmtree(run_dir / "steps")
+    out = tmp_path / "model.yaml"
+    assert cli_main(["calibrate", *map(str, runs), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["source"] == "timings" and report["samples"] > 40 and not report["limits_measured"]
+    assert report["model"]["cw"] == pytest.approx(TRUE["constant"], rel=0.05)
+    assert report["model"]["frontend_latency_s"] == pytest.approx(FRONTEND_S, rel=0.25)
+    # the limits asked of vLLM (model.vllm), the KV capacity the preset's: vLLM's sizing is not known
+    tiny = get_preset("tiny")
+    assert (report["model"]["max_num_seqs"], report["model"]["max_num_batched_tokens"]) == (8, 512)
+    assert report["model"]["kv_capacity_tokens"] == tiny.kv_capacity_tokens
+    text = out.read_text()
+    assert "token timings" in text and "not measured" in text and "vllm:" in text
+
+
+def test_token_timings_hold_one_token_requests_without_fitting_them():
+    """A request of one output token (first token = last) holds its prompt + 1 tokens while it is there and gives
+    no TPOT; the loads beside it stay finite."""
+    requests = pd.DataFrame({"worker": [0, 1, 0], "status": "completed", "prompt_len": [100, 50, 400],
+                             "output_len": [11, 11, 1], "first_token_s": [0.0, 0.0, 0.05],
+                             "finish_s": [0.1, 0.1, 0.05]})
+    timings = token_timings(requests, 2, barrier=True)
+    assert timings.num_requests == 2 and np.isfinite(timings.max_load).all()
+    assert timings.tpot == pytest.approx([0.01, 0.01])
+    # worker 0 holds 101 -> 111 tokens over the window (mean 106), worker 1 51 -> 61 (mean 56)
+    assert timings.max_load == pytest.approx([106, 106], abs=0.5)
+    assert timings.mean_load == pytest.approx([81, 81], abs=0.5)
+    assert timings.prefill == pytest.approx([40, 40])  # the 400-token prompt prefilled at 0.05 s, over 10 steps

@@ -2,9 +2,9 @@
 
 The file is a normal ``conf/model/<name>.yaml``: ``model=<name>`` runs the simulator with the fitted coefficients
 and front-end latency and, because the ``vllm:`` section is the live runs' own, the vllm backend with the same
-deployment. Scheduler
-limits and KV capacity are the ones the engines reported at start-up (the simulator then admits, batches and
-preempts as those engines did), not the config's requests, which vLLM may have adjusted.
+deployment. Scheduler limits and KV capacity are the ones the engines reported at start-up in their step logs (the
+simulator then admits, batches and preempts as those engines did), not the config's requests, which vLLM may have
+adjusted; runs without step logs can only give the configured ones.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from balanceroute.calibration.fit import STEP_MODEL_KEYS, StepFit
+from balanceroute.calibration.fit import STEP_MODEL_KEYS, StepCosts
 from balanceroute.calibration.frontend import FrontendFit
 from balanceroute.calibration.steps import StepLogError
 from balanceroute.results import atomic_write
@@ -36,10 +36,10 @@ def engine_limits(engines: Sequence[dict]) -> dict[str, int]:
     return {key: int(next(iter(v))) for key, v in values.items()}
 
 
-def fitted_preset(model: dict[str, Any], fit: StepFit, engines: Sequence[dict]) -> ModelPreset:
-    """The simulator's preset of ``model`` (a run's ``config.model``) with the fit's coefficients and the engines'
+def fitted_preset(model: dict[str, Any], costs: StepCosts, limits: dict[str, int]) -> ModelPreset:
+    """The simulator's preset of ``model`` (a run's ``config.model``) with the fitted costs and the engines'
     limits (no front-end latency: that is fitted with it, :mod:`balanceroute.calibration.frontend`)."""
-    return get_preset(model["name"]).with_overrides(**fit.coefficients(), **engine_limits(engines))
+    return get_preset(model["name"]).with_overrides(**costs.coefficients(), **limits)
 
 
 def calibrated_model(model: dict[str, Any], preset: ModelPreset, frontend: FrontendFit) -> dict[str, Any]:
@@ -48,17 +48,18 @@ def calibrated_model(model: dict[str, Any], preset: ModelPreset, frontend: Front
     return {**model, **fitted, "frontend_latency_s": frontend.latency_s}
 
 
-def header(fit: StepFit, frontend: FrontendFit, run_dirs: Sequence[str | Path], num_ranks: int) -> str:
-    """The file's comment: where the numbers come from and how well they fit."""
+def header(quality: str, limits_measured: bool, frontend: FrontendFit, run_dirs: Sequence[str | Path]) -> str:
+    """The file's comment: where the numbers come from and how well they fit (``quality``: the fit's sentence)."""
     today = datetime.date.today().isoformat()
-    lines = [(f"Calibrated by `balanceroute calibrate` on {today} from {fit.num_steps} lock-steps of {num_ranks} DP "
-              f"rank(s) in {len(run_dirs)} live run(s):"),
+    limits = ("Limits and KV capacity as vLLM sized the engines." if limits_measured else
+              "Limits as configured for the runs (no step logs: not measured); KV capacity as vLLM logged it, else "
+              "the preset's.")
+    lines = [f"Calibrated by `balanceroute calibrate` on {today} from {len(run_dirs)} live run(s):",
              *[f"  {d}" for d in run_dirs],
              ("Step model T = c0 + max_g(cw + a*L_g + p*P_g) + b*mean_g L_g (ALGORITHMS.md section 3); c0 + cw is "
               "fitted as one constant (in cw)."),
-             (f"Fit: R^2 {fit.r2:.3f}, mean |error| {fit.mean_abs_error:.1%} of the mean step period "
-              f"({fit.mean_period_s * 1e3:.2f} ms), {fit.rounds} round(s). Limits and KV capacity as vLLM sized "
-              "the engines."),
+             f"Fit to {quality}.",
+             limits,
              (f"Front-end latency {frontend.latency_s * 1e3:.2f} ms: live mean TTFT minus the step model's, over the "
               "runs' own requests replayed in the simulator.")]
     return "".join(f"# {line}\n" for line in lines)

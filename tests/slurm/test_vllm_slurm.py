@@ -4,7 +4,8 @@ balanceroute plugin):
 1. ``python run.py -m hydra/launcher=slurm backend=vllm model=tiny_moe parallel.dp=2 parallel.ep=true``: one job
    submitted through the local slurmctld, whose body serves (expert parallel), benchmarks and stops vLLM. The job
    is cancelled (``scancel``) while it benchmarks: the sweep fails naming it and no vLLM process outlives it; the
-   rerun completes the run, and its engines' step logs calibrate the simulator (``balanceroute calibrate``);
+   rerun completes the run, and its engines' step logs (and its requests' token timings) calibrate the simulator
+   (``balanceroute calibrate``);
 2. the dense model in a two-node allocation (the one node doubled, tests/slurm/two_nodes.py) with
    ``backend.multinode=native``: rank 1 is a ``vllm serve --headless`` engine started as an ``srun`` job step,
    rank 0 and the API server run in the job body;
@@ -124,13 +125,16 @@ def test_vllm_moe_job_through_slurm_cancelled_then_rerun(tmp_path_factory, tmp_p
     assert not processes_mentioning(str(moe))
     # the engines logged their steps, and they calibrate the simulator
     out = tmp_path / "conf" / "model" / "tiny_moe_cal.yaml"
-    cal = subprocess.run([sys.executable, "-m", "balanceroute.cli", "calibrate", str(sweep / "moe"), "--out",
-                          str(out), "--json"], capture_output=True, text=True, cwd=REPO, check=False,
-                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    assert cal.returncode == 0, cal.stderr
-    fit = json.loads(cal.stdout)
-    assert fit["steps"] >= 20 and fit["model"]["cw"] > 0 and fit["model"]["max_num_seqs"] == 8
-    assert out.is_file()
+    for source in ("auto", "timings"):  # the step logs; then the requests' token timings alone
+        cal = subprocess.run([sys.executable, "-m", "balanceroute.cli", "calibrate", str(sweep / "moe"), "--out",
+                              str(out), "--json", "--from", source], capture_output=True, text=True, cwd=REPO,
+                             check=False, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+        assert cal.returncode == 0, cal.stderr
+        fit = json.loads(cal.stdout)
+        assert fit["source"] == ("steps" if source == "auto" else "timings")
+        assert fit["samples"] >= 20 and fit["model"]["cw"] > 0 and fit["model"]["max_num_seqs"] == 8
+        assert fit["limits_measured"] == (source == "auto")
+        assert out.is_file()
 
 
 def test_vllm_native_multinode_in_a_two_node_allocation(tmp_path, model):
