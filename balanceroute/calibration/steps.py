@@ -48,12 +48,18 @@ class StepTable:
 
     @staticmethod
     def concat(tables: list[StepTable]) -> StepTable:
-        ranks = {t.num_ranks for t in tables}
-        if len(ranks) != 1:
-            raise StepLogError(f"the runs have different numbers of DP ranks ({sorted(ranks)}); calibrate runs of "
-                               "one deployment at a time")
+        common_num_ranks(tables)
         return StepTable(np.concatenate([t.period for t in tables]), np.concatenate([t.kv for t in tables]),
                          np.concatenate([t.prefill for t in tables]), [e for t in tables for e in t.engines])
+
+
+def common_num_ranks(tables: list) -> int:
+    """The DP size all of ``tables`` (of runs) share (StepLogError when they differ: other deployments)."""
+    ranks = {t.num_ranks for t in tables}
+    if len(ranks) != 1:
+        raise StepLogError(f"the runs have different numbers of DP ranks ({sorted(ranks)}); calibrate runs of one "
+                           "deployment at a time")
+    return ranks.pop()
 
 
 def _read(path: Path) -> tuple[list[dict], pd.DataFrame]:

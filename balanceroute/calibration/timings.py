@@ -26,7 +26,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from balanceroute.calibration.fit import MIN_STEPS, StepCosts
-from balanceroute.calibration.steps import StepLogError
+from balanceroute.calibration.steps import StepLogError, common_num_ranks
 
 #: Time grid of the rebuilt KV loads (seconds): well below a decode step.
 GRID_S = 0.001
@@ -49,12 +49,8 @@ class TokenTimings:
 
     @staticmethod
     def concat(tables: list[TokenTimings]) -> TokenTimings:
-        ranks = {t.num_ranks for t in tables}
-        if len(ranks) != 1:
-            raise StepLogError(f"the runs have different numbers of DP ranks ({sorted(ranks)}); calibrate runs of "
-                               "one deployment at a time")
         return TokenTimings(*(np.concatenate([getattr(t, k) for t in tables])
-                              for k in ("tpot", "max_load", "mean_load", "prefill")), num_ranks=ranks.pop())
+                              for k in ("tpot", "max_load", "mean_load", "prefill")), num_ranks=common_num_ranks(tables))
 
 
 @dataclass(frozen=True)
