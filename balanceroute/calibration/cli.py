@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 "max_num_seqs", "max_num_batched_tokens")
         print(json.dumps({"out": str(args.out), "model": {k: calibrated[k] for k in keys},
                           "source": calibration.source, "samples": calibration.num_samples, "r2": calibration.r2,
+                          "mean_abs_error": calibration.mean_abs_error,
                           "limits_measured": calibration.limits_measured, "runs": calibration.per_run}))
         return 0
     costs, quantity = calibration.costs, "step period" if calibration.source == "steps" else "TPOT"

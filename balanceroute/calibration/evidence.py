@@ -32,8 +32,8 @@ KV_CACHE_LINE = re.compile(r"KV cache size: ([\d,]+) tokens")
 
 @dataclass(frozen=True)
 class Calibration:
-    """A fit and what it stands on: ``source`` (steps or timings), the sentence describing its quality, the
-    engines' limits (``limits_measured``: reported by vLLM, else configured) and the per-run comparison of the
+    """A fit and what it stands on: ``source`` (steps or timings), the sentence describing its quality (R^2 and
+    mean |error| relative to the mean fitted quantity), the engines' limits (``limits_measured``: reported by vLLM, else configured) and the per-run comparison of the
     fitted quantity (a step period or a TPOT)."""
 
     costs: StepCosts
@@ -41,6 +41,7 @@ class Calibration:
     quality: str
     num_samples: int
     r2: float
+    mean_abs_error: float
     num_ranks: int
     limits: dict[str, int]
     limits_measured: bool
@@ -60,8 +61,8 @@ def _from_steps(run_dirs: list[Path]) -> Calibration:
     quality = (f"{fit.num_steps} lock-steps of {steps.num_ranks} DP rank(s): R^2 {fit.r2:.3f}, mean |error| "
                f"{fit.mean_abs_error:.1%} of the mean step period ({fit.mean_period_s * 1e3:.2f} ms), "
                f"{fit.rounds} round(s)")
-    return Calibration(fit, "steps", quality, fit.num_steps, fit.r2, steps.num_ranks, engine_limits(steps.engines),
-                       True, per_run)
+    return Calibration(fit, "steps", quality, fit.num_steps, fit.r2, fit.mean_abs_error, steps.num_ranks,
+                       engine_limits(steps.engines), True, per_run)
 
 
 def logged_kv_capacity(run_dir: Path) -> int | None:
@@ -101,8 +102,8 @@ def _from_timings(run_dirs: list[Path], results: list[dict]) -> Calibration:
                f"TPOT ({fit.mean_tpot_s * 1e3:.2f} ms)")
     logged = [c for c in map(logged_kv_capacity, run_dirs) if c is not None]
     limits = configured_limits(results[0]["config"]["model"], min(logged) if logged else None)
-    return Calibration(fit, "timings", quality, fit.num_requests, fit.r2, tables[0].num_ranks, limits, False,
-                       per_run)
+    return Calibration(fit, "timings", quality, fit.num_requests, fit.r2, fit.mean_abs_error, tables[0].num_ranks,
+                       limits, False, per_run)
 
 
 def calibrate_runs(run_dirs: list[Path], results: list[dict], source: str = "auto") -> Calibration:
