@@ -124,16 +124,16 @@ class FastPhi(_OverflowPolicy):
         table = self._requests(snap)
         nodes, coeff, conditional = self.quadrature()
         n, g, worker = len(nodes), snap.num_workers, table.worker
-        load = np.add(table.prompt_len, table.generated, dtype=np.float64)  # w_i
         expected = np.empty((n, g))
-        # h_0 = 0: every resident request is there with its w_i, so L̄(0) needs neither the table nor products.
-        expected[0] = np.bincount(worker, weights=load, minlength=g)
+        # h_0 = 0: every resident request is there, so L̄(0) is the current load L_g, which the snapshot holds (the
+        # sum of the table's w_i, exactly: integers in float64).
+        expected[0] = snap.kv_load
         if n > 1:
             # The nodes after h_0 in (n - 1, N) arrays: numpy is slow at broadcasting over a short inner axis, so
             # nodes go first. They live in reused buffers: fresh ones would be page-faulted in on every decision.
             alive, held = self._scratch.views(n - 1, len(table))
-            np.take(conditional, table.generated, axis=1, mode="clip", out=alive)  # P(still there at h_j)
-            np.add(load, nodes[1:, None], out=held)  # w_i + h_j
+            conditional.take(table.generated, axis=1, mode="clip", out=alive)  # P(still there at h_j)
+            np.add(table.prompt_len + table.generated, nodes[1:, None], out=held)  # w_i + h_j
             alive *= held
             for j, weights in enumerate(alive, start=1):  # one bincount per node: no (node, worker) index to build
                 expected[j] = np.bincount(worker, weights=weights, minlength=g)
