@@ -4,7 +4,7 @@ projecting per-worker load forward.
 A resident request i (KV load w_i = s_i + j_i) that stays for k_i more look-ahead steps adds w_i + h to its
 worker's load at steps h = 0 .. k_i - 1. The projection L_g(h), h = 0..H, is computed without touching each
 (request, step) pair: the requests are binned by (worker, k_i) with two ``bincount`` calls (sum of w_i and
-count), and a product with the mask [k > h] turns "leaves after step k - 1" into "present at step h":
+count), and one product with a constant matrix turns "leaves after step k - 1" into "present at step h":
 
     L_g(h) = sum_{i on g, k_i > h} w_i  +  h * #{i on g, k_i > h}
 
@@ -27,30 +27,30 @@ def project_loads(worker: np.ndarray, load: np.ndarray, steps: np.ndarray, num_w
                   horizon: int) -> np.ndarray:
     """L (G, H+1): L[g, h] = sum over requests i on g with steps_i > h of (load_i + h); steps_i in [1, H+1].
 
-    Two ``bincount`` calls bin the loads and the requests by (worker, steps); one product with the constant
-    (steps x h) mask [k > h] turns "leaves after step k - 1" into "present at step h" for both at once. Each
-    numpy call costs about a microsecond on these small arrays, so the count of calls, not their size, sets a
-    decision's latency. Exact for integer loads (sums of integers below 2^53 in float64, in any order).
+    Two ``bincount`` calls bin the loads and the requests by (worker, steps), side by side in one (G, 2(H+2))
+    array; one product with the constant :func:`_presence` matrix turns "leaves after step k - 1" into "present
+    at step h" for both and adds h per present request, giving L itself. Each numpy call costs about a
+    microsecond on these small arrays, so the count of calls, not their size, sets a decision's latency. Exact
+    for integer loads (sums of integers below 2^53 in float64, in any order).
     """
     width = horizon + 2
     index = worker * width
     index += steps
     size = num_workers * width
-    binned = np.concatenate((np.bincount(index, weights=load, minlength=size), np.bincount(index, minlength=size)))
-    present = binned.reshape(2 * num_workers, width) @ _present_mask(horizon)  # (2G, H+1): loads, then counts
-    projected = present[num_workers:]
-    projected *= steps_range(horizon)
-    projected += present[:num_workers]
-    return projected
+    binned = np.concatenate((np.bincount(index, weights=load, minlength=size).reshape(num_workers, width),
+                             np.bincount(index, minlength=size).reshape(num_workers, width)), axis=1)
+    return binned @ _presence(horizon)
 
 
 @lru_cache(maxsize=64)
-def _present_mask(horizon: int) -> np.ndarray:
-    """(H+2, H+1) float: [k > h], row k = a request's steps, column h = the look-ahead step."""
+def _presence(horizon: int) -> np.ndarray:
+    """(2(H+2), H+1) float: row k is [k > h] (a request staying k steps is present at h), row H+2+k is
+    h*[k > h] (the h tokens it has grown by then), for columns h = 0..H."""
     k = np.arange(horizon + 2)[:, None]
-    mask = (k > np.arange(horizon + 1)[None, :]).astype(np.float64)
-    mask.flags.writeable = False
-    return mask
+    present = (k > np.arange(horizon + 1)[None, :]).astype(np.float64)
+    matrix = np.concatenate((present, present * steps_range(horizon)))
+    matrix.flags.writeable = False
+    return matrix
 
 
 @lru_cache(maxsize=64)

@@ -23,7 +23,6 @@ rotating start).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 
@@ -117,50 +116,46 @@ class FastPhi(_OverflowPolicy):
                              prior_lengths=prior_lengths, max_len=max_len)
 
     def quadrature(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(nodes h_j, coeff_j = weight_j * S(h_j), conditional table (n, max_len+1)), cached per estimate."""
+        """(nodes h_j, coeff_j = weight_j * S(h_j), conditional table (n - 1, max_len+1) of the nodes after
+        h_0 = 0), cached per estimate (:func:`quantile_quadrature`)."""
         return self.estimator.cached(("fast_phi", self.K), lambda est: quantile_quadrature(est, self.K))
 
     def _expected_loads(self, snap):
         table = self._requests(snap)
         nodes, coeff, conditional = self.quadrature()
-        n, g, count = len(nodes), snap.num_workers, len(table)
-        # (n, N) layout: numpy is slow at broadcasting over a short inner axis, so nodes go first. The (n, N)
-        # arrays live in reused buffers: fresh ones of this size would be page-faulted in on every decision.
-        alive, held, index = self._scratch.views(n, count)
-        np.take(conditional, table.generated, axis=1, mode="clip", out=alive)  # P(still there at h_j)
-        np.add(table.prompt_len + table.generated, nodes[:, None], out=held)  # w_i + h_j
-        alive *= held
-        np.add(table.worker, _node_offsets(g, n), out=index)  # bin (node j, worker) = j * G + worker
-        expected = np.bincount(index.ravel(), weights=alive.ravel(), minlength=n * g)
-        return expected.reshape(n, g).T, nodes, coeff
+        n, g, worker = len(nodes), snap.num_workers, table.worker
+        expected = np.empty((n, g))
+        # h_0 = 0: every resident request is there, so L̄(0) is the current load L_g, which the snapshot holds (the
+        # sum of the table's w_i, exactly: integers in float64).
+        expected[0] = snap.kv_load
+        if n > 1:
+            # The nodes after h_0 in (n - 1, N) arrays: numpy is slow at broadcasting over a short inner axis, so
+            # nodes go first. They live in reused buffers: fresh ones would be page-faulted in on every decision.
+            alive, held = self._scratch.views(n - 1, len(table))
+            conditional.take(table.generated, axis=1, mode="clip", out=alive)  # P(still there at h_j)
+            np.add(table.prompt_len + table.generated, nodes[1:, None], out=held)  # w_i + h_j
+            alive *= held
+            for j, weights in enumerate(alive, start=1):  # one bincount per node: no (node, worker) index to build
+                expected[j] = np.bincount(worker, weights=weights, minlength=g)
+        return expected.T, nodes, coeff
 
 
 class _Scratch:
-    """Reusable (n, N) work arrays, grown geometrically."""
+    """Two reusable (rows, N) float work arrays, grown geometrically."""
 
     def __init__(self) -> None:
-        self._float = np.empty(0)
-        self._int = np.empty(0, dtype=np.int64)
+        self._buffer = np.empty(0)
 
-    def views(self, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def views(self, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
         size = rows * cols
-        if size > self._int.size:
-            self._float = np.empty(2 * (2 * size))
-            self._int = np.empty(2 * size, dtype=np.int64)
-        cap = self._int.size
-        return (self._float[:size].reshape(rows, cols), self._float[cap:cap + size].reshape(rows, cols),
-                self._int[:size].reshape(rows, cols))
-
-
-@lru_cache(maxsize=64)
-def _node_offsets(g: int, n: int) -> np.ndarray:
-    offsets = (g * np.arange(n))[:, None]
-    offsets.flags.writeable = False
-    return offsets
+        if 2 * size > self._buffer.size:
+            self._buffer = np.empty(2 * (2 * size))
+        return self._buffer[:size].reshape(rows, cols), self._buffer[size:2 * size].reshape(rows, cols)
 
 
 def quantile_quadrature(est: SurvivalEstimator, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """fast_phi's nodes, coefficients and per-age conditional survival table for K = ``k`` points."""
+    """fast_phi's nodes (h_0 = 0 first), coefficients and per-age conditional survival table of the nodes after
+    h_0 for K = ``k`` points."""
     surv, inv = est.survival_array, est.inverse_survival_array
     support = est.support_end()
     if k >= support:  # enough points for every h < D: the sum itself
@@ -179,7 +174,7 @@ def quantile_quadrature(est: SurvivalEstimator, k: int) -> tuple[np.ndarray, np.
     weight[-1] += est.tail_sum(last + 1) * inv[last]
     coeff = weight * surv[nodes]
     ages = np.arange(est.max_len + 1)
-    # column a: P(O > a + h_j | O > a) for every node j, so one gather serves all requests
-    conditional = surv.take(ages[None, :] + nodes[:, None], mode="clip") * inv[None, :]
-    conditional[0] = 1.0  # h = 0: alive now, whatever the estimate says about its age
+    # column a: P(O > a + h_j | O > a) for every node j after h_0 = 0 (there every request is alive, whatever the
+    # estimate says about its age), so one gather serves all requests
+    conditional = surv.take(ages[None, :] + nodes[1:, None], mode="clip") * inv[None, :]
     return nodes.astype(np.float64), coeff, conditional

@@ -127,9 +127,9 @@ def _pick_min_lists(score: list, eligible: list | None, secondary: np.ndarray | 
     best = min(score)
     ties = [i for i, v in enumerate(score) if v == best and (eligible is None or eligible[i])]
     if len(ties) > 1 and secondary is not None:
-        sec = [secondary[i] for i in ties]
-        low = min(sec)
-        ties = [i for i, v in zip(ties, sec) if v == low]
+        sec = secondary.tolist()  # one conversion: reading numpy elements one by one costs more for a few ties
+        low = min(sec[i] for i in ties)
+        ties = [i for i in ties if sec[i] == low]
     if len(ties) == 1:
         return ties[0]
     for i in ties:

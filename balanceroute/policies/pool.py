@@ -20,7 +20,7 @@ real slot limits the worker order is by margin alone.
 """
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, cached_property
 
 import numpy as np
 
@@ -52,8 +52,12 @@ class Envelope:
         self.weights = weights
         self.alpha = alpha
         self.beta = beta
-        self.reward = alpha * float(weights.sum())
         self.envelope = self.loads.max(axis=0)
+
+    @cached_property
+    def reward(self) -> float:
+        """α * sum_h d_h: the fill reward per token (pool mode only, so not computed for an on-arrival choice)."""
+        return self.alpha * float(self.weights.sum())
 
     def penalty(self, prompt_len: float) -> np.ndarray:
         """sum_h d_h (s - m_{g,h})_+ for every worker g.
