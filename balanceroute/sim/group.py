@@ -77,10 +77,9 @@ class StepGroup:
         self.scheduler = Scheduler(host.model, host.req, host.tracker, self.running, self.waiting,
                                    host.pool_wants_steps, max_span)
         self.step_model = StepModel(host.model, num_workers)
-        self.record_balance = record_balance
         self.recorder = StepRecorder(np.arange(first_worker, first_worker + num_workers),
-                                     host.timeline_rows_per_group, host.balance if record_balance else None,
-                                     host.steps if record_balance else None)
+                                     host.timeline_rows_per_group, self.step_model,
+                                     host.balance if record_balance else None, host.steps if record_balance else None)
         self.plan: StepPlan | None = None  # the steps decided and timed, not all applied yet (None: none)
         self._waiting_then = self.waiting.count  # waiting counts while the plan's done steps ran (see _count)
 
@@ -167,7 +166,7 @@ class StepGroup:
             self.plan = None
             return
         horizon = min(until, self.next_deadline()) if scheduled.max_steps > 1 else until
-        self.plan = self.step_model.plan(scheduled, self.running, self.clock, horizon, with_busy=self.record_balance)
+        self.plan = self.step_model.plan(scheduled, self.running, self.clock, horizon)
 
     # ---- applying steps --------------------------------------------------------------------------------------------
     def _count(self, k: int) -> None:
