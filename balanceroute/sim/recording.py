@@ -24,8 +24,6 @@ from balanceroute.sim.step_model import MAX_SPAN, StepModel, StepPlan
 from balanceroute.sim.timeline import TimelineBuffer
 from balanceroute.steady import StepTrace
 
-_max = np.maximum.reduce  # the ufunc reduction without the ndarray-method wrapper (hot, on a few workers)
-
 
 class StepRecorder:
     """Records the steps of the global ``workers``; ``balance`` and ``trace`` (either may be None: not kept) only
@@ -48,14 +46,15 @@ class StepRecorder:
         k = len(durations)
         last = first + k - 1
         load0 = plan.scheduled.load
-        top = plan.peak[last] if last else _max(load0)
+        top = plan.peak[last] if last else max(load0.tolist())
         if top > self.peak_load:
             self.peak_load = float(top)
-        per_worker = running.per_worker
-        for m, stop, queued in ((first, first + before, waiting_before), (first + before, last + 1, waiting)):
-            if m < stop:
-                self.timeline.add(step + m - first, start if m == first else float(plan.ends[m - 1]),
-                                  plan.ends[m:stop], load0, m, plan.growth, per_worker, queued)
+        if self.timeline.wants(step, k):
+            per_worker = running.per_worker
+            for m, stop, queued in ((first, first + before, waiting_before), (first + before, last + 1, waiting)):
+                if m < stop:
+                    self.timeline.add(step + m - first, start if m == first else float(plan.ends[m - 1]),
+                                      plan.ends[m:stop], load0, m, per_worker, queued)
         if self.staged is not None:
             self.staged.add(_Stretch(plan, first, k, start, running.count, tokens0))
 

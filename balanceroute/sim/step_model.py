@@ -23,7 +23,7 @@ from balanceroute.sim.presets import ModelPreset
 from balanceroute.sim.running import RunningTable
 
 # ufunc reductions without the ndarray-method wrappers (a hot path on arrays of a few workers)
-_max, _sum, _cumsum = np.maximum.reduce, np.add.reduce, np.add.accumulate
+_max, _cumsum = np.maximum.reduce, np.add.accumulate
 
 #: Longest stretch of steps planned at once (bounds the steps x workers arrays).
 MAX_SPAN = 256
@@ -37,8 +37,8 @@ class ScheduledStep:
     steps the decision holds for."""
 
     load: np.ndarray                   # KV tokens after the step (L_g: its attention runs over them)
-    prefill_tokens: np.ndarray | None  # tokens computed at the prefill rate p (None: a pure decode step)
-    new_tokens: np.ndarray | None      # per running request: tokens the step computes (None: one each)
+    prefill_tokens: list[int] | None   # tokens computed at the prefill rate p (None: a pure decode step, in
+                                       # which every running request computes one token)
     max_steps: int                     # 1, or 1 + the pure decode steps that may follow with nothing changing
 
 
@@ -53,8 +53,8 @@ class StepPlan:
     only the steps applied are recorded, a stretch at a time (:mod:`balanceroute.sim.recording`)."""
 
     scheduled: ScheduledStep
-    local_time: np.ndarray      # step 0's t_g per worker
-    growth: np.ndarray          # per worker: tokens each decode step adds (its running requests, as planned)
+    local_time: list[float]     # step 0's t_g per worker
+    growth: list[int]           # per worker: tokens each decode step adds (its running requests, as planned)
     durations: np.ndarray       # T of every planned step
     ends: np.ndarray            # end time of every planned step
     peak: np.ndarray | None     # max over workers of the load of every planned step (None: a single step)
@@ -81,24 +81,23 @@ class StepModel:
         grow longer, so the plan stops at the first step that ends past ``horizon`` (the next event outside the
         group: an arrival, a deadline): a longer one would be cut there anyway.
         """
-        load = step.load
-        local = self.cw + self.a * load
+        load = step.load.tolist()  # per-worker figures as Python floats: G is small, numpy calls cost more
+        local = [self.cw + self.a * x for x in load]
         if step.prefill_tokens is not None:
-            local = local + self.p * step.prefill_tokens
+            local = [t + self.p * x for t, x in zip(local, step.prefill_tokens)]
         span = step.max_steps
-        total = float(_sum(load))
-        slowest = _max(local)
-        first = float(slowest) + self.b_mean * total + self.c0
-        growth = running.per_worker.copy()
+        total = sum(load)  # whole numbers: exact in any order
+        first = max(local) + self.b_mean * total + self.c0
+        growth = running.per_worker.tolist()
         if span > 1:
             ahead = horizon - clock - first
-            shortest = self.cw + self.c0 + self.a * float(_max(load)) + self.b_mean * total
+            shortest = self.cw + self.c0 + self.a * max(load) + self.b_mean * total
             if ahead < (span - 2) * shortest:
                 span = max(int(ahead / shortest), 0) + 2
         if span == 1:  # one step: its end without the running sum (the same float)
             return StepPlan(step, local, growth, np.array([first]), np.array([clock + first]), None, 1)
         # step m: loads L0 + m * running; T = c_w + c_0 + a * max_g L + b * mean L
-        peak = _max(load + _STEPS_COL[:span] * growth, axis=1)
+        peak = _max(step.load + _STEPS_COL[:span] * running.per_worker, axis=1)
         durations = ((self.cw + self.c0 + self.b_mean * total) + self.a * peak
                      + (self.b_mean * running.count) * _STEPS[:span])
         durations[0] = first

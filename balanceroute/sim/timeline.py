@@ -27,13 +27,18 @@ class TimelineBuffer:
         self.running = np.empty((self.capacity, g), dtype=np.int64)
         self.waiting = np.empty((self.capacity, g), dtype=np.int64)
 
-    def add(self, first_step: int, start_s: float, ends_s: np.ndarray, kv0: np.ndarray, kv_step: int,
-            kv_slope: np.ndarray, running: np.ndarray, waiting: np.ndarray) -> None:
-        """Offer ``len(ends_s)`` consecutive steps, the first numbered ``first_step``, starting at ``start_s`` and
-        ending at ``ends_s``.
+    def wants(self, first_step: int, count: int) -> bool:
+        """Whether any of ``count`` consecutive steps from ``first_step`` on would be kept (once the timeline is
+        thinned, most stretches have none: the caller then need not prepare them)."""
+        return (-first_step) % self.stride < count
 
-        Step i of them had per-worker load ``kv0 + (kv_step + i) * kv_slope`` (step ``kv_step + i`` of a plan
-        whose loads grow linearly); running and waiting counts are those of the whole span.
+    def add(self, first_step: int, start_s: float, ends_s: np.ndarray, kv0: np.ndarray, kv_step: int,
+            running: np.ndarray, waiting: np.ndarray) -> None:
+        """Offer ``len(ends_s)`` consecutive steps, the first numbered ``first_step``, starting at ``start_s`` and
+        ending at ``ends_s``, with the per-worker running and waiting counts of the whole span.
+
+        Step i of them had per-worker load ``kv0 + (kv_step + i) * running``: it is step ``kv_step + i`` of a
+        plan, and each step of a plan after its first adds a token per running request.
         """
         count = len(ends_s)
         m0 = (-first_step) % self.stride
@@ -43,7 +48,7 @@ class TimelineBuffer:
             row = self.n
             self.time[row] = ends_s[m0 - 1] if m0 else start_s
             self.step[row] = first_step + m0
-            self.kv[row] = kv0 + (kv_step + m0) * kv_slope
+            self.kv[row] = kv0 + (kv_step + m0) * running
             self.running[row] = running
             self.waiting[row] = waiting
             self.n = row + 1
@@ -60,7 +65,7 @@ class TimelineBuffer:
         if m[0] == 0:
             self.time[self.n] = start_s
         self.step[rows] = first_step + m
-        self.kv[rows] = kv0 + (kv_step + m[:, None]) * kv_slope
+        self.kv[rows] = kv0 + (kv_step + m[:, None]) * running
         self.running[rows] = running
         self.waiting[rows] = waiting
         self.n += m.size
