@@ -199,7 +199,7 @@ class StepGroup:
         start = self.clock
         first_weight = n  # ITL samples: each step's duration, once per request decoding in it (step 0: fewer)
         tokens0 = n  # tokens sampled in the first of these steps (the others: n each)
-        if first or plan.scheduled.prefill_tokens is None:  # decode steps: every request computes one token and samples one, k times
+        if first or plan.scheduled.prefill_tokens is None:  # decode steps: each request computes and samples one
             if running.without_first_token:
                 fresh = fields[J, :n] == 0
                 req.first_token[fields[RID, :n][fresh]] = ends[0]
@@ -215,8 +215,8 @@ class StepGroup:
         else:
             itl.add(durations[:1], first_weight)
             itl.add(durations[1:], n)
-        self.recorder.record(plan, first, durations, start, self.step, tokens0, running, self.waiting.count,
-                             counted, self._waiting_then)
+        self.recorder.record(plan, first, k, start, self.step, tokens0, n, self.waiting.count, counted,
+                             self._waiting_then)
         plan.applied = plan.done = first + k
         self.clock = float(ends[-1])
         self.step += k

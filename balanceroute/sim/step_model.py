@@ -19,16 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from balanceroute.metrics.balance import row_max
 from balanceroute.sim.presets import ModelPreset
 from balanceroute.sim.running import RunningTable
 
-# ufunc reductions without the ndarray-method wrappers (a hot path on arrays of a few workers)
-_max, _cumsum = np.maximum.reduce, np.add.accumulate
+_cumsum = np.add.accumulate  # the ufunc without the ndarray-method wrapper (hot, on short arrays)
 
 #: Longest stretch of steps planned at once (bounds the steps x workers arrays).
 MAX_SPAN = 256
-_STEPS = np.arange(MAX_SPAN, dtype=np.float64)  # step offsets m of a stretch, as a row and as a column
-_STEPS_COL = _STEPS[:, None]
+_STEPS = np.arange(MAX_SPAN, dtype=np.float64)  # step offsets m of a stretch
 
 
 @dataclass(slots=True)
@@ -67,6 +66,24 @@ class StepPlan:
         self.length = min(self.length, self.done + 1)
 
 
+def _peaks(load: list[float], growth: list[int], span: int) -> np.ndarray:
+    """The largest per-worker load, ``max_g load_g + m * growth_g``, of steps m = 0 .. span - 1 (whole numbers,
+    so exact however computed).
+
+    Each worker's load is a line in m. A line that starts no higher than the top one at m = 0 and ends no higher is
+    never above it in between, so only the lines that end higher can overtake it: usually none, and the peak is
+    one line. (A (steps x workers) array reduced over its rows costs far more, some 70 ns a row.)
+    """
+    last = span - 1
+    ends = [x + last * r for x, r in zip(load, growth)]
+    top = load.index(max(load))
+    peak = load[top] + growth[top] * _STEPS[:span]
+    for g, end in enumerate(ends):
+        if end > ends[top]:
+            np.maximum(peak, load[g] + growth[g] * _STEPS[:span], out=peak)
+    return peak
+
+
 class StepModel:
     """Step times of a group of ``num_workers`` workers of ``model`` stepping together."""
 
@@ -97,7 +114,7 @@ class StepModel:
         if span == 1:  # one step: its end without the running sum (the same float)
             return StepPlan(step, local, growth, np.array([first]), np.array([clock + first]), None, 1)
         # step m: loads L0 + m * running; T = c_w + c_0 + a * max_g L + b * mean L
-        peak = _max(step.load + _STEPS_COL[:span] * running.per_worker, axis=1)
+        peak = _peaks(load, growth, span)
         durations = ((self.cw + self.c0 + self.b_mean * total) + self.a * peak
                      + (self.b_mean * running.count) * _STEPS[:span])
         durations[0] = first
@@ -110,7 +127,7 @@ class StepModel:
         that the step length minus it is exactly the worker's wait at the barrier. In a decode step that is
         ``T - a * (max_g L - L_g)``; the rows ``first_rows`` are scheduled steps (step 0 of their plans, which may
         prefill), whose busy times come from their local times ``first_local`` (len(first_rows) x workers)."""
-        busy = self.a * (loads - _max(loads, axis=1)[:, None]) + durations[:, None]
+        busy = self.a * (loads - row_max(loads)[:, None]) + durations[:, None]
         if len(first_rows):
-            busy[first_rows] = (first_local - _max(first_local, axis=1)[:, None]) + durations[first_rows, None]
+            busy[first_rows] = (first_local - row_max(first_local)[:, None]) + durations[first_rows, None]
         return busy
