@@ -50,11 +50,14 @@ class LoadTracker:
         self._zero_usage = np.zeros(g)
         self._reported_usage: np.ndarray | None = None
         self.epoch = 0
-        # per-request arrays, indexed by slot (row = slot; rows of released requests are stale until reused)
+        # per-request arrays, indexed by slot (row = slot; rows of released requests are stale until reused); the
+        # remaining tokens are not stored but derived from the true output length (NaN: unknown) when a policy
+        # reads the table: tokens are counted far more often
         n = max(16, initial_slots)
         self._requests = RequestTable(
             worker=np.zeros(n, dtype=np.int64), prompt_len=np.zeros(n, dtype=np.int64),
-            generated=np.zeros(n, dtype=np.int64), remaining=np.full(n, np.nan), prompt_hash=np.zeros(n, dtype=np.int64))
+            generated=np.zeros(n, dtype=np.int64), prompt_hash=np.zeros(n, dtype=np.int64))
+        self._output_len = np.full(n, np.nan)
         self._state = np.zeros(n, dtype=np.int8)
         self._active = np.zeros(n, dtype=bool)
         self._free: list[int] = list(range(n - 1, -1, -1))
@@ -80,7 +83,7 @@ class LoadTracker:
         rows.worker[slot] = worker
         rows.prompt_len[slot] = prompt_len
         rows.generated[slot] = 0
-        rows.remaining[slot] = np.nan if output_len is None else output_len
+        self._output_len[slot] = np.nan if output_len is None else output_len
         rows.prompt_hash[slot] = prompt_hash
         self._state[slot] = RUNNING if running else WAITING
         self._active[slot] = True
@@ -102,7 +105,6 @@ class LoadTracker:
         slot = self.slot_of(request_id)
         rows = self._requests
         rows.generated[slot] += n
-        rows.remaining[slot] -= n
         self.kv_load[rows.worker[slot]] += n
         self.epoch += 1
 
@@ -128,7 +130,6 @@ class LoadTracker:
             return
         rows = self._requests
         rows.generated[slots] += n
-        rows.remaining[slots] -= n
         if per_worker is not None:
             self.kv_load[first_worker:first_worker + len(per_worker)] += per_worker * n
         elif np.ndim(n) == 0:
@@ -194,7 +195,10 @@ class LoadTracker:
 
     def request_table(self) -> RequestTable:
         """Per-request arrays of the unfinished requests (a vectorised gather over active slots)."""
-        return self._requests.take(np.flatnonzero(self._active))
+        active = np.flatnonzero(self._active)
+        table = self._requests.take(active)
+        table.remaining = self._output_len[active] - table.generated
+        return table
 
     # ---- internals ------------------------------------------------------------------------------------------------
     def _move(self, slot: int, state: int) -> None:
@@ -222,7 +226,7 @@ class LoadTracker:
         return generated
 
     def _grow(self) -> None:
-        """Double the slots (new rows zero, remaining NaN)."""
+        """Double the slots (new rows zero, output length NaN)."""
         old = len(self._requests)
 
         def doubled(arr: np.ndarray) -> np.ndarray:
@@ -231,7 +235,8 @@ class LoadTracker:
         rows = self._requests
         self._requests = RequestTable(
             worker=doubled(rows.worker), prompt_len=doubled(rows.prompt_len), generated=doubled(rows.generated),
-            remaining=doubled(rows.remaining), prompt_hash=doubled(rows.prompt_hash))
+            prompt_hash=doubled(rows.prompt_hash))
+        self._output_len = doubled(self._output_len)
         self._state = doubled(self._state)
         self._active = doubled(self._active)
         self._free.extend(range(2 * old - 1, old - 1, -1))

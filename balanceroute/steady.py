@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from balanceroute.metrics.balance import row_max
 from balanceroute.policies.checks import int_problem, number_problem
 
 #: Columns of a step trace: step start (s), step length (s), imbalance (tokens), summed barrier wait of the
@@ -62,11 +63,11 @@ class SteadyWindow:
 class StepTrace:
     """Per-step figures of a step-synchronous run (:data:`STEP_COLUMNS`), appended a batch of steps at a time.
 
-    Storage grows by doubling, so a step costs a row write; a million steps take about 48 MB.
+    The batches are kept as they come and joined once, when the frame is read (a million steps take about 48 MB).
     """
 
-    def __init__(self, capacity: int = 4096) -> None:
-        self._data = np.empty((len(STEP_COLUMNS), capacity))
+    def __init__(self) -> None:
+        self._batches: list[np.ndarray] = []
         self._n = 0
 
     def __len__(self) -> int:
@@ -79,27 +80,19 @@ class StepTrace:
         sampled per step."""
         k = len(step_s)
         g = kv_load.shape[1]
-        self._reserve(k)
-        rows = self._data[:, self._n:self._n + k]
+        rows = np.empty((len(STEP_COLUMNS), k))
         rows[0] = start_s
         rows[1] = step_s
-        rows[2] = g * kv_load.max(axis=1) - kv_load.sum(axis=1)
+        rows[2] = g * row_max(kv_load) - kv_load.sum(axis=1)
         rows[3] = g * step_s - busy_s.sum(axis=1)
         rows[4] = running
         rows[5] = tokens
+        self._batches.append(rows)
         self._n += k
 
     def frame(self) -> pd.DataFrame:
-        data = self._data[:, :self._n]
+        data = np.concatenate(self._batches, axis=1) if self._batches else np.empty((len(STEP_COLUMNS), 0))
         return pd.DataFrame({name: data[i] for i, name in enumerate(STEP_COLUMNS)})
-
-    def _reserve(self, extra: int) -> None:
-        size = self._data.shape[1]
-        if self._n + extra <= size:
-            return
-        grown = np.empty((len(STEP_COLUMNS), max(2 * size, self._n + extra)))
-        grown[:, :self._n] = self._data[:, :self._n]
-        self._data = grown
 
 
 def _arrival_span(requests: pd.DataFrame) -> tuple[float, float] | None:

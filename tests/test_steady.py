@@ -26,7 +26,7 @@ def _requests(arrival, first, finish, output):
 def _trace(running, *, g=2, step_s=1.0):
     """Steps of 1 s; step k has loads (10, 10 + k) on two workers, so its imbalance is k, and sampled
     ``running[k]`` tokens."""
-    trace = StepTrace(capacity=2)  # grows
+    trace = StepTrace()
     for k, r in enumerate(running):
         kv = np.array([[10.0, 10.0 + k]])
         busy = np.array([[step_s - 0.25, step_s]])  # worker 0 waits 0.25 s at every barrier

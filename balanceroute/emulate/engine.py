@@ -292,6 +292,8 @@ class LiveEngine:
         every step so far (``balance``: :meth:`BalanceAccumulator.summary`, as the simulator reports it)."""
         k = min(self._late_n, LATENESS_SAMPLES)
         late = self._lateness[:k] * 1000
+        for grp in self.groups:
+            grp.recorder.flush()  # the balance of the steps recorded so far
         p50, p99 = (np.percentile(late, [50, 99]).tolist() if k else (math.nan, math.nan))
         return {"steps": int(sum(grp.step for grp in self.groups)), "requests": int(self.req.n),
                 "in_flight": len(self.streams), "timer_firings": int(self._late_n),

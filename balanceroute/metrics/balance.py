@@ -14,6 +14,18 @@ import pandas as pd
 from balanceroute.policies.checks import int_problem
 
 
+def row_max(a: np.ndarray) -> np.ndarray:
+    """The largest entry of each row of a (steps x workers) array, as ``a.max(axis=1)`` (the same values: a
+    maximum does not round), several times faster on a few columns: numpy reduces short rows one at a time, while
+    the rows of the transposed copy are combined element-wise."""
+    return np.maximum.reduce(np.ascontiguousarray(a.T), axis=0)
+
+
+def row_min(a: np.ndarray) -> np.ndarray:
+    """The smallest entry of each row, as :func:`row_max`."""
+    return np.minimum.reduce(np.ascontiguousarray(a.T), axis=0)
+
+
 def per_worker_counts(requests: pd.DataFrame, num_workers: int | None = None) -> dict[str, Any]:
     """Requests, prompt tokens and generated output tokens per worker, over every routed request.
 
@@ -116,15 +128,15 @@ class BalanceAccumulator:
         if n == 0:
             return
         kv = self._kv[:n]
-        top = kv.max(axis=1)
+        top = row_max(kv)
         total = kv.sum(axis=1)
         self._imbalance += float(np.sum(g * top - total))
-        self._spread += float(np.sum(top - kv.min(axis=1)))
+        self._spread += float(np.sum(top - row_min(kv)))
         self._load += float(total.sum())
         timed = self._timed[:n]
         if timed.any():
             local = self._local[:n][timed]
-            slowest = local.max(axis=1)
+            slowest = row_max(local)
             step = self._step[:n][timed]
             step = np.where(np.isnan(step), slowest, step)
             short = np.flatnonzero(step < slowest)

@@ -25,14 +25,14 @@ from balanceroute.load import LoadTracker, Router
 from balanceroute.metrics import BalanceAccumulator
 from balanceroute.sim.presets import ModelPreset
 from balanceroute.sim.recording import StepRecorder
-from balanceroute.sim.running import NREM, PF, RID, SLOT, C, J, RunningTable, S, W
+from balanceroute.sim.running import CHUNK, NREM, PF, RID, SLOT, C, J, RunningTable, S, W
 from balanceroute.sim.scheduler import Scheduler
 from balanceroute.sim.state import COMPLETED, FAILED, QUEUED, RUNNING, TIMEOUT, RequestState, WeightedSamples
 from balanceroute.sim.step_model import MAX_SPAN, StepModel, StepPlan
 from balanceroute.sim.waiting import WaitingQueues
 from balanceroute.steady import StepTrace
 
-_sum = np.add.reduce  # the ufunc reduction without the ndarray-method wrapper (hot, on a few workers)
+_max = np.maximum.reduce  # the ufunc reduction without the ndarray-method wrapper (hot, on a few requests)
 
 
 class StepHost(Protocol):
@@ -77,10 +77,9 @@ class StepGroup:
         self.scheduler = Scheduler(host.model, host.req, host.tracker, self.running, self.waiting,
                                    host.pool_wants_steps, max_span)
         self.step_model = StepModel(host.model, num_workers)
-        self.record_balance = record_balance
         self.recorder = StepRecorder(np.arange(first_worker, first_worker + num_workers),
-                                     host.timeline_rows_per_group, host.balance if record_balance else None,
-                                     host.steps if record_balance else None)
+                                     host.timeline_rows_per_group, self.step_model,
+                                     host.balance if record_balance else None, host.steps if record_balance else None)
         self.plan: StepPlan | None = None  # the steps decided and timed, not all applied yet (None: none)
         self._waiting_then = self.waiting.count  # waiting counts while the plan's done steps ran (see _count)
 
@@ -167,7 +166,7 @@ class StepGroup:
             self.plan = None
             return
         horizon = min(until, self.next_deadline()) if scheduled.max_steps > 1 else until
-        self.plan = self.step_model.plan(scheduled, self.running, self.clock, horizon, with_busy=self.record_balance)
+        self.plan = self.step_model.plan(scheduled, self.running, self.clock, horizon)
 
     # ---- applying steps --------------------------------------------------------------------------------------------
     def _count(self, k: int) -> None:
@@ -200,8 +199,7 @@ class StepGroup:
         start = self.clock
         first_weight = n  # ITL samples: each step's duration, once per request decoding in it (step 0: fewer)
         tokens0 = n  # tokens sampled in the first of these steps (the others: n each)
-        new = plan.scheduled.new_tokens
-        if first or new is None:  # decode steps: every request computes one token and samples one, k times
+        if first or plan.scheduled.prefill_tokens is None:  # decode steps: each request computes and samples one
             if running.without_first_token:
                 fresh = fields[J, :n] == 0
                 req.first_token[fields[RID, :n][fresh]] = ends[0]
@@ -210,23 +208,24 @@ class StepGroup:
             fields[J:NREM + 1, :n] += k  # generated, computed and -remaining (adjacent rows)
             self._tokens_to_all(k - counted)
         else:  # step 0 computes prefill chunks: requests that computed their last uncomputed token sample one
-            first_weight, tokens0 = self._prefill_step(new, ends[0], k, counted)
+            first_weight, tokens0 = self._prefill_step(ends[0], k, counted)
         itl = self.host.itl
         if first_weight == n:
             itl.add(durations, n)
         else:
             itl.add(durations[:1], first_weight)
             itl.add(durations[1:], n)
-        self.recorder.record(plan, first, durations, start, self.step, tokens0, running, self.waiting.count,
-                             counted, self._waiting_then)
+        self.recorder.record(plan, first, k, start, self.step, tokens0, n, self.waiting.count, counted,
+                             self._waiting_then)
         plan.applied = plan.done = first + k
         self.clock = float(ends[-1])
         self.step += k
 
-    def _prefill_step(self, new: np.ndarray, end: float, k: int, counted: int) -> tuple[int, int]:
-        """Apply a step 0 that computes ``new`` tokens per running request (prefill chunks) and the k - 1 decode
-        steps planned after it (the first ``counted`` of the k are in the tracker already). Returns the requests
-        that decoded before it (the ITL weight of its duration) and the tokens it sampled.
+    def _prefill_step(self, end: float, k: int, counted: int) -> tuple[int, int]:
+        """Apply a step 0 that computes prefill chunks (``CHUNK`` tokens of each prefilling request, one of every
+        other) and the k - 1 decode steps planned after it (the first ``counted`` of the k are in the tracker
+        already). Returns the requests that decoded before it (the ITL weight of its duration) and the tokens it
+        sampled.
 
         A request samples when it has computed its last uncomputed token. A decoding request always does (it
         holds every token but the one it sampled last), so only the prefilling ones, a few, are looked at one
@@ -235,11 +234,11 @@ class StepGroup:
         """
         running, fields, req = self.running, self.running.fields, self.req
         n = running.count
-        fields[C, :n] += new
-        rows = np.flatnonzero(fields[PF, :n]).tolist()
+        rows = fields[PF, :n].nonzero()[0].tolist()
         unsampled, done, gaps, fresh = [], [], [], 0
         for r in rows:
-            if fields[C, r] != fields[S, r] + fields[J, r]:
+            fields[C, r] += fields[CHUNK, r] - 1  # its chunk; the one token every request computes is added below
+            if fields[C, r] + 1 != fields[S, r] + fields[J, r]:
                 unsampled.append(r)
             elif fields[J, r] == 0:
                 fresh += 1
@@ -262,12 +261,11 @@ class StepGroup:
         if unsampled:  # a prompt continues next step: a single step (decode steps follow only when none does)
             sampled = np.ones(n, dtype=bool)
             sampled[unsampled] = False
+            fields[C, :n] += 1
             fields[J:NREM + 1:NREM - J, :n] += sampled  # generated and -remaining (rows J and NREM)
             self.host.tracker.tokens_bulk(fields[SLOT, :n][sampled], 1)
         else:  # every request sampled; the decode steps after step 0 add a token each (and compute one)
-            fields[J:NREM + 1:NREM - J, :n] += 1
-            if k > 1:
-                fields[J:NREM + 1, :n] += k - 1
+            fields[J:NREM + 1, :n] += k  # generated, computed and -remaining (adjacent rows)
             self._tokens_to_all(k - counted)
         return decoding - fresh_decoding, n - len(unsampled)
 
@@ -280,9 +278,9 @@ class StepGroup:
         """
         if self.plan.applied == self.plan.length:
             self.plan = None
-            done = self.running.fields[NREM, :self.running.count] >= 0
-            if done.any():
-                self._complete(done)
+            remaining = self.running.fields[NREM, :self.running.count]
+            if len(remaining) and _max(remaining) >= 0:
+                self._complete(remaining >= 0)
         if self.deadlines and self.deadlines[0][0] <= self.clock and self._expire():
             self.plan = None
         self.host.on_boundary(self)

@@ -3,125 +3,117 @@
 Every group keeps a timeline (per-worker load, running and waiting, thinned to a bound:
 :class:`~balanceroute.sim.timeline.TimelineBuffer`) and its peak per-worker load. A group of workers behind the EP
 barrier also feeds the host's balance metrics (:class:`~balanceroute.metrics.BalanceAccumulator`) and, when the
-host keeps one, the per-step trace from which :mod:`balanceroute.steady` takes the steady window. Steps are
-recorded a planned stretch at a time, as arrays, like they are applied.
+host keeps one, the per-step trace from which :mod:`balanceroute.steady` takes the steady window.
 
-A stretch is often a step or two (an arrival cuts it), so what a record costs is the count of numpy calls, not the
-rows: the simulator's steps are therefore staged here in blocks (:class:`_StagedSteps`: a few row copies per
-record) and handed to the balance metrics and the per-step trace a block at a time, which compute the same
-figures as step by step (the accumulator sums in its own fixed blocks either way).
+Steps are recorded a planned stretch at a time, like they are applied, and a stretch is often a step or two (an
+arrival cuts it), so what a record costs is the count of numpy calls, not the rows. A record therefore only notes
+the stretch (:class:`_Stretch`: its plan's arrays and which of its steps ran); the per-step loads and busy times are
+computed from these notes in bulk, a few thousand steps at a time (:class:`_StagedSteps`), elementwise as the step
+model defines them, so the figures are the same as step by step (the accumulator sums in its own fixed blocks
+either way). The host flushes the staged steps before it reads the balance or the trace.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from balanceroute.metrics import BalanceAccumulator
-from balanceroute.sim.running import RunningTable
-from balanceroute.sim.step_model import MAX_SPAN, StepPlan
+from balanceroute.sim.step_model import MAX_SPAN, StepModel, StepPlan
 from balanceroute.sim.timeline import TimelineBuffer
 from balanceroute.steady import StepTrace
 
-_max = np.maximum.reduce  # the ufunc reduction without the ndarray-method wrapper (hot, on a few workers)
-
 
 class StepRecorder:
-    """Records the steps of the global ``workers``; ``balance`` (and ``trace``, if not None) only for a barrier
-    group (None: the host samples balance itself)."""
+    """Records the steps of the global ``workers``: a timeline, and ``balance`` and ``trace`` (either may be None:
+    not kept) for a barrier group, whose busy times come from its ``step_model``. Stretches are staged and turned
+    into per-step rows ``size`` steps at a time (and by :meth:`flush`)."""
 
-    def __init__(self, workers: np.ndarray, timeline_rows: int, balance: BalanceAccumulator | None,
-                 trace: StepTrace | None) -> None:
+    def __init__(self, workers: np.ndarray, timeline_rows: int, step_model: StepModel,
+                 balance: BalanceAccumulator | None, trace: StepTrace | None, size: int = 16 * MAX_SPAN) -> None:
         self.timeline = TimelineBuffer(workers, timeline_rows)
         self.peak_load = 0.0  # largest per-worker KV load of any step (tokens)
-        self.balance = balance
-        # with a step trace (the simulator's), balance and trace are fed a block at a time: the host flushes
-        # before reading them; without one (the live emulator reads its balance at any time) balance is fed
-        # directly
-        self.staged = None if trace is None or balance is None else _StagedSteps(balance, trace, len(workers))
-
-    def record(self, plan: StepPlan, first: int, durations: np.ndarray, start: float, step: int, tokens0: int,
-               running: RunningTable, waiting: np.ndarray, before: int = 0,
-               waiting_before: np.ndarray | None = None) -> None:
-        """Record planned steps ``first .. first + len(durations) - 1`` of ``plan``, just applied: numbered from
-        ``step``, starting at ``start``; ``tokens0``: output tokens sampled in the first of them (every later one
-        samples one per running request); ``running``: the requests that ran in them; ``waiting``: requests
-        waiting per worker meanwhile, except in the first ``before`` steps, which ended before the host enqueued
-        more: ``waiting_before`` waited then.
-
-        A worker's busy time in a step is its local time t_g plus the shared phase (b * mean L + c_0, which every
-        worker spends in the all-to-all and expert work), so T - busy_g = max_g t_g - t_g is exactly its wait at
-        the barrier, and the barrier idle fraction counts waiting only.
-        """
-        k = len(durations)
-        last = first + k - 1
-        load0 = plan.scheduled.load
-        top = plan.peak[last] if last else _max(load0)
-        if top > self.peak_load:
-            self.peak_load = float(top)
-        per_worker = running.per_worker
-        for m, stop, queued in ((first, first + before, waiting_before), (first + before, last + 1, waiting)):
-            if m < stop:
-                self.timeline.add(step + m - first, start if m == first else float(plan.ends[m - 1]),
-                                  plan.ends[m:stop], load0 if m == 0 else plan.loads[m],
-                                  None if stop - m == 1 else per_worker, per_worker, queued)
-        acc = self.balance
-        if acc is None:
-            return
-        if plan.loads is None:  # a single step (step 0): its busy times come from its local times
-            local = plan.local_time
-            loads, busy = load0[None, :], ((local - _max(local)) + durations[0])[None, :]  # exact at the max
-        else:  # step 0's row of plan.busy is the one above too (StepModel.plan)
-            loads, busy = plan.loads[first:last + 1], plan.busy[first:last + 1]
-        if self.staged is None:
-            acc.add_steps(loads, busy, durations)
-        else:
-            self.staged.add(start, plan.ends[first:last], durations, loads, busy, running.count, tokens0)
-
-    def flush(self) -> None:
-        """Hand the staged steps to the balance metrics and the per-step trace (before they are read)."""
-        if self.staged is not None:
-            self.staged.flush()
-
-
-class _StagedSteps:
-    """Steps staged for a :class:`BalanceAccumulator` and a :class:`StepTrace`: starts, lengths, per-worker
-    loads and busy times, running requests and tokens sampled, ``size`` steps at a time."""
-
-    def __init__(self, balance: BalanceAccumulator, trace: StepTrace, num_workers: int,
-                 size: int = 16 * MAX_SPAN) -> None:  # a stretch fits
+        self.step_model = step_model
         self.balance = balance
         self.trace = trace
-        self.start = np.empty(size)
-        self.length = np.empty(size)
-        self.load = np.empty((size, num_workers))
-        self.busy = np.empty((size, num_workers))
-        self.running = np.empty(size)
-        self.tokens = np.empty(size)
-        self.n = 0
+        self.size = size
+        self.stretches: list[_Stretch] = []
+        self.steps = 0
 
-    def add(self, start: float, later_starts: np.ndarray, length: np.ndarray, load: np.ndarray,
-            busy: np.ndarray, running: int, tokens0: int) -> None:
-        """k steps: the first starting at ``start``, the others at ``later_starts`` (k - 1); their lengths (k,),
-        loads and busy times (k, G); ``running`` requests in each; ``tokens0`` tokens sampled in the first step,
-        one per running request in each later one."""
-        k = len(length)
-        if self.n + k > len(self.length):
+    def record(self, plan: StepPlan, first: int, k: int, start: float, step: int, tokens0: int, running: int,
+               waiting: np.ndarray, before: int = 0, waiting_before: np.ndarray | None = None) -> None:
+        """Record planned steps ``first .. first + k - 1`` of ``plan``, just applied: numbered from ``step``,
+        starting at ``start``; ``tokens0``: output tokens sampled in the first of them (every later one samples
+        one per running request); ``running``: requests that ran in each; ``waiting``: requests waiting per
+        worker meanwhile (copied), except in the first ``before`` steps, which ended before the host enqueued
+        more: ``waiting_before`` waited then."""
+        self.stretches.append(_Stretch(plan, first, k, start, step, running, tokens0, waiting.copy(), before,
+                                       waiting_before))
+        self.steps += k
+        if self.steps >= self.size:
             self.flush()
-        n = self.n
-        rows = slice(n, n + k)
-        self.start[n] = start
-        self.start[n + 1:n + k] = later_starts
-        self.length[rows] = length
-        self.load[rows] = load
-        self.busy[rows] = busy
-        self.running[rows] = running
-        self.tokens[n] = tokens0
-        self.tokens[n + 1:n + k] = running
-        self.n = n + k
 
     def flush(self) -> None:
-        n = self.n
-        if n:
-            self.balance.add_steps(self.load[:n], self.busy[:n], self.length[:n])
-            self.trace.add(self.start[:n], self.length[:n], self.load[:n], self.busy[:n], self.running[:n],
-                           self.tokens[:n])
-            self.n = 0
+        """Turn the staged stretches into per-step rows for the timeline, the balance metrics and the per-step
+        trace (the host calls it before it reads them): per-worker loads ``L0 + m * growth`` (step m of its
+        plan), busy times from the step model, starts (a stretch's first at its start, the others at the end of
+        the step before), lengths, running requests and tokens sampled."""
+        stretches = self.stretches
+        if not stretches:
+            return
+        plans = [s.plan for s in stretches]
+        k = np.array([s.k for s in stretches])
+        heads = np.cumsum(k) - k  # row of each stretch's first step
+        rows = np.arange(self.steps)
+        growth = np.repeat(np.array([p.growth for p in plans]), k, axis=0)
+        loads = (np.repeat(np.array([p.scheduled.load for p in plans]), k, axis=0)
+                 + (rows - np.repeat(heads - [s.first for s in stretches], k))[:, None] * growth)
+        self.peak_load = max(self.peak_load, float(loads.max()))
+        spans = [(s.first, s.first + s.k) for s in stretches]
+        durations = np.concatenate([p.durations[a:b] for p, (a, b) in zip(plans, spans)])
+        starts = np.empty(self.steps)
+        starts[1:] = np.concatenate([p.ends[a:b] for p, (a, b) in zip(plans, spans)])[:-1]
+        starts[heads] = [s.start for s in stretches]
+        self.timeline.add(rows + np.repeat([s.step for s in stretches] - heads, k), starts, loads, growth,
+                          _waiting_rows(stretches))
+        if self.balance is not None or self.trace is not None:
+            opening = [i for i, s in enumerate(stretches) if s.first == 0]  # stretches that start with a step 0
+            busy = self.step_model.busy(loads, durations, heads[opening],
+                                        np.array([plans[i].local_time for i in opening]).reshape(len(opening), -1))
+        if self.balance is not None:
+            self.balance.add_steps(loads, busy, durations)
+        if self.trace is not None:
+            running = np.repeat(np.array([s.running for s in stretches], dtype=np.float64), k)
+            tokens = running.copy()
+            tokens[heads] = [s.tokens0 for s in stretches]
+            self.trace.add(starts, durations, loads, busy, running, tokens)
+        self.stretches = []
+        self.steps = 0
+
+
+@dataclass(slots=True)
+class _Stretch:
+    """Steps ``first .. first + k - 1`` of ``plan``, applied (see :meth:`StepRecorder.record`)."""
+
+    plan: StepPlan
+    first: int
+    k: int
+    start: float
+    step: int
+    running: int
+    tokens0: int
+    waiting: np.ndarray
+    before: int
+    waiting_before: np.ndarray | None
+
+
+def _waiting_rows(stretches: list[_Stretch]) -> np.ndarray:
+    """Requests waiting per worker in each step of the stretches (steps x workers)."""
+    values, counts = [], []
+    for s in stretches:
+        if s.before:
+            values.append(s.waiting_before)
+            counts.append(s.before)
+        values.append(s.waiting)
+        counts.append(s.k - s.before)
+    return np.repeat(np.array(values), counts, axis=0)

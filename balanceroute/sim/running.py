@@ -45,7 +45,7 @@ class RunningTable:
         """Remove finished requests (``columns``; ``mask`` the same as a mask over the used columns). They have
         sampled tokens and are not prefilling, so only the per-worker counts change."""
         self.per_worker -= np.bincount(self.fields[W, columns], minlength=self.per_worker.size)
-        self._keep(~mask)
+        self._drop(columns, mask)
 
     def remove(self, columns: np.ndarray, mask: np.ndarray) -> None:
         """Remove requests that leave unfinished (preempted, failed, aborted), as :meth:`remove_completed` but
@@ -55,9 +55,13 @@ class RunningTable:
         self.without_first_token -= int((fields[J, columns] == 0).sum())
         self.remove_completed(columns, mask)
 
-    def _keep(self, keep: np.ndarray) -> None:
-        k = int(np.add.reduce(keep))
-        if k == self.count:
-            return
-        self.fields[:, :k] = self.fields[:, :self.count][:, keep]
-        self.count = k
+    def _drop(self, columns: np.ndarray, mask: np.ndarray) -> None:
+        """Close the gaps the ``columns`` leave, keeping the order of the others (a single column, the common
+        case, by shifting the ones after it)."""
+        fields, n = self.fields, self.count
+        if len(columns) == 1:
+            c = int(columns[0])
+            fields[:, c:n - 1] = fields[:, c + 1:n]
+        elif len(columns):
+            fields[:, :n - len(columns)] = fields[:, :n][:, ~mask]
+        self.count = n - len(columns)

@@ -55,20 +55,23 @@ class Scheduler:
         self.max_seqs = model.max_num_seqs
         self.token_budget = model.max_num_batched_tokens
         # per schedule: KV blocks per worker after this step's allocation (exact, or the upper bound; None: the
-        # bound, not computed yet, see _block_bound), whether exact, the step's load (the bound's input) and its
-        # largest entry, and the load when every request decodes one token and none was admitted (else None)
+        # bound, not computed yet, see _block_bound), whether exact, the load of the requests running before the
+        # admissions (the bound's input) and its largest entry; what the admissions add to the load; the prefill
+        # tokens per worker (None: none prefills) and whether a prefill chunk stops short of its prompt's end
         self._blocks: np.ndarray | None = np.zeros(self.num_workers)
         self._blocks_exact = False
         self._load = self._blocks
         self._peak_load = 0.0
-        self._decode_load: np.ndarray | None = None
+        self._admitted_load: list[int] | None = None
+        self._prefill: list[int] | None = None
+        self._cut = False
 
     def schedule(self, now: float) -> ScheduledStep | None:
         """Decide the step starting at ``now``: allocate KV for the running requests (preempting on workers that
         are over capacity), then admit waiting ones. None when nothing runs."""
         running, g, cap, block = self.running, self.num_workers, self.capacity_blocks, self.block_size
         blocked = None
-        self._decode_load = None
+        self._admitted_load = None
         if running.count:
             while True:
                 new, budget_left = self._running_tokens()
@@ -76,10 +79,9 @@ class Scheduler:
                 kv = running.fields[C, :n] + (1 if new is None else new)  # tokens each holds after this step
                 w = running.fields[W, :n]
                 load = np.bincount(w, weights=kv, minlength=g)
-                self._decode_load = load if new is None else None
                 self._blocks_exact = False
                 blocks = None
-                self._peak_load = float(_max(load))
+                self._peak_load = max(load.tolist())  # (Python's max: cheaper on a few workers)
                 if self._peak_load / block + self.max_seqs <= cap:  # far from full
                     break
                 blocks = load / block + running.per_worker
@@ -93,12 +95,12 @@ class Scheduler:
                 blocked = over if blocked is None else blocked | over
                 self._preempt(over, blocks, kv, now)
         else:
+            self._prefill, self._cut = None, False
             budget_left = np.full(g, self.token_budget, dtype=np.int64)
-            blocks = np.zeros(g)
+            load = blocks = np.zeros(g)
             self._blocks_exact = True
         self._blocks = blocks
-        if blocks is None:
-            self._load = load
+        self._load = load
         if self.waiting.total:
             self._admit(self.token_budget - running.per_worker if budget_left is None else budget_left, blocked)
         if running.count == 0:
@@ -109,20 +111,26 @@ class Scheduler:
 
     def _running_tokens(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Tokens each running request computes this step (None: one each) and the token budget left per worker
-        (None: one token per running request is taken, computed only if requests wait)."""
+        (None: one token per running request is taken, computed only if requests wait). Sets the prefill tokens
+        per worker and whether a chunk stops short (the admissions add theirs)."""
         running = self.running
         n, fields = running.count, running.fields
+        self._prefill, self._cut = None, False
         if running.prefilling == 0:
             return None, None
         pf = fields[PF, :n].astype(bool)
         left = (self.token_budget - np.bincount(fields[W, :n][~pf], minlength=self.num_workers)).tolist()
-        rows = np.flatnonzero(pf)
+        prefill = self._prefill = [0] * self.num_workers
+        rows = pf.nonzero()[0]
         rows = rows[np.argsort(fields[SEQ, rows])]
         for r in rows.tolist():  # few: a prompt continued from the previous step, per worker
             w = fields[W, r]
-            chunk = min(int(fields[S, r] + fields[J, r] - fields[C, r]), left[w])
+            rest = int(fields[S, r] + fields[J, r] - fields[C, r])
+            chunk = min(rest, left[w])
             fields[CHUNK, r] = chunk
             left[w] -= chunk
+            prefill[w] += chunk
+            self._cut |= chunk < rest
         return np.where(pf, fields[CHUNK, :n], 1), np.array(left, dtype=np.int64)
 
     def _block_bound(self) -> np.ndarray:
@@ -186,9 +194,10 @@ class Scheduler:
         req, block, cap, running, waiting = self.req, self.block_size, self.capacity_blocks, self.running, self.waiting
         status, prompt, output, generated, computed = req.status, req.prompt, req.output, req.generated, req.computed
         base = self._block_bound()
-        admitted = np.zeros(self.num_workers, dtype=np.int64)
+        admitted = [0] * self.num_workers  # KV blocks of the admitted requests
+        added = [0] * self.num_workers  # their KV tokens after the step
         columns: list[tuple] = []
-        for w in np.flatnonzero(waiting.count).tolist():
+        for w in waiting.count.nonzero()[0].tolist():
             if blocked is not None and blocked[w]:
                 continue
             queue = waiting.fifo[w]
@@ -202,13 +211,14 @@ class Scheduler:
                     queue.popleft()
                     continue
                 s, j, c = int(prompt[r]), int(generated[r]), int(computed[r])
-                chunk = min(s + j - c, left)
+                rest = s + j - c
+                chunk = min(rest, left)
                 need = -(-(c + chunk) // block)
                 if need > free:
                     if self._blocks_exact:
                         break
                     base = self._exact_blocks()  # of the requests running before this round's admissions
-                    free = int(cap - base[w]) - int(admitted[w])
+                    free = int(cap - base[w]) - admitted[w]
                     if need > free:
                         break
                 queue.popleft()
@@ -218,6 +228,12 @@ class Scheduler:
                 admitted[w] += need
                 taken += 1
                 pf = int(req.needs_prefill[r])
+                if pf:
+                    if self._prefill is None:
+                        self._prefill = [0] * self.num_workers
+                    self._prefill[w] += chunk
+                    self._cut |= chunk < rest
+                added[w] += c + (chunk if pf else 1)
                 columns.append((r, w, req.slot[r], s, j, c, j - output[r], running.admissions, pf, chunk))
                 running.admissions += 1
                 running.prefilling += pf
@@ -229,7 +245,7 @@ class Scheduler:
                 running.per_worker[w] += taken
         self._blocks = base + admitted
         if columns:
-            self._decode_load = None
+            self._admitted_load = added
             running.add(np.array(columns, dtype=np.int64).T)
 
     def _scheduled_step(self) -> ScheduledStep:
@@ -239,22 +255,10 @@ class Scheduler:
         their prompt) and no worker could admit more (nothing waits where a slot is free): then each step adds one
         token per request, up to the first completion, the first possible KV shortage and ``max_span``.
         """
-        running, g = self.running, self.num_workers
+        running = self.running
         n, fields = running.count, running.fields
-        w = fields[W, :n]
-        prefill = new = None
-        if running.prefilling:
-            pf = fields[PF, :n] > 0
-            chunk = fields[CHUNK, :n]
-            new = np.where(pf, chunk, 1)
-            load = np.bincount(w, weights=fields[C, :n] + new, minlength=g)
-            prefill = np.bincount(w[pf], weights=chunk[pf], minlength=g)
-            decode_after = bool((chunk[pf] == (fields[S, :n] + fields[J, :n] - fields[C, :n])[pf]).all())
-        else:
-            load = self._decode_load
-            if load is None:
-                load = np.bincount(w, weights=fields[C, :n] + 1, minlength=g)
-            decode_after = True
+        load = self._load if self._admitted_load is None else self._load + self._admitted_load
+        decode_after = not self._cut
         if decode_after and self.waiting.total:
             decode_after = not ((self.waiting.count > 0) & (running.per_worker < self.max_seqs)).any()
         steps = 1
@@ -271,4 +275,4 @@ class Scheduler:
                     busy = per_worker > 0
                     free = cap - blocks[busy]
                     steps = min(steps, 1 + self.block_size * int((free // per_worker[busy]).min()))
-        return ScheduledStep(load, prefill, new, steps)
+        return ScheduledStep(load, self._prefill, steps)

@@ -109,23 +109,24 @@ class RequestState:
 
 
 class WeightedSamples:
-    """A growable (value, weight) sample list: inter-token gaps, each standing for ``weight`` equal gaps."""
+    """A (value, weight) sample list: inter-token gaps, each standing for ``weight`` equal gaps.
 
-    def __init__(self, capacity: int = 4096) -> None:
-        self.values = np.empty(capacity)
-        self.weights = np.empty(capacity, dtype=np.int64)
-        self.n = 0
+    Samples come a few at a time (a stretch's step lengths, once per request decoding in them), so they are kept
+    as the arrays given, unconverted, and joined when read: adding costs a list append, not array copies.
+    """
 
-    def add(self, values: np.ndarray | float, weights: np.ndarray | int) -> None:
-        k = values.size if isinstance(values, np.ndarray) else 1
-        end = self.n + k
-        if end > self.values.size:
-            size = max(2 * self.values.size, end)
-            self.values = np.resize(self.values, size)
-            self.weights = np.resize(self.weights, size)
-        self.values[self.n:end] = values
-        self.weights[self.n:end] = weights
-        self.n = end
+    def __init__(self) -> None:
+        self._values: list[np.ndarray] = []
+        self._weights: list[int] = []
+
+    def add(self, values: np.ndarray, weight: int) -> None:
+        """Samples ``values`` (not modified afterwards: they are kept as given), each of weight ``weight``."""
+        self._values.append(values)
+        self._weights.append(weight)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.values[:self.n], self.weights[:self.n]
+        if not self._values:
+            return np.empty(0), np.empty(0, dtype=np.int64)
+        values = np.concatenate(self._values)
+        counts = [len(v) for v in self._values]
+        return values, np.repeat(np.array(self._weights, dtype=np.int64), counts)

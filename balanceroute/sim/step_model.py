@@ -19,16 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from balanceroute.metrics.balance import row_max
 from balanceroute.sim.presets import ModelPreset
 from balanceroute.sim.running import RunningTable
 
-# ufunc reductions without the ndarray-method wrappers (a hot path on arrays of a few workers)
-_max, _sum, _cumsum = np.maximum.reduce, np.add.reduce, np.add.accumulate
+_cumsum = np.add.accumulate  # the ufunc without the ndarray-method wrapper (hot, on short arrays)
 
 #: Longest stretch of steps planned at once (bounds the steps x workers arrays).
 MAX_SPAN = 256
-_STEPS = np.arange(MAX_SPAN, dtype=np.float64)  # step offsets m of a stretch, as a row and as a column
-_STEPS_COL = _STEPS[:, None]
+_STEPS = np.arange(MAX_SPAN, dtype=np.float64)  # step offsets m of a stretch
 
 
 @dataclass(slots=True)
@@ -37,8 +36,8 @@ class ScheduledStep:
     steps the decision holds for."""
 
     load: np.ndarray                   # KV tokens after the step (L_g: its attention runs over them)
-    prefill_tokens: np.ndarray | None  # tokens computed at the prefill rate p (None: a pure decode step)
-    new_tokens: np.ndarray | None      # per running request: tokens the step computes (None: one each)
+    prefill_tokens: list[int] | None   # tokens computed at the prefill rate p (None: a pure decode step, in
+                                       # which every running request computes one token)
     max_steps: int                     # 1, or 1 + the pure decode steps that may follow with nothing changing
 
 
@@ -47,15 +46,17 @@ class StepPlan:
     """A scheduled step (step 0) and the pure decode steps timed after it; steps ``applied .. length - 1`` remain
     to be applied, the first of them starting at the group's clock. Steps ``applied .. done - 1`` have ended
     already and their tokens are counted by the load tracker, but the running table and the records do not have
-    them yet (:meth:`~balanceroute.sim.group.StepGroup.advance` with ``defer``)."""
+    them yet (:meth:`~balanceroute.sim.group.StepGroup.advance` with ``defer``).
+
+    Planned step m has the per-worker load ``scheduled.load + m * growth``: the per-step loads are not kept, as
+    only the steps applied are recorded, a stretch at a time (:mod:`balanceroute.sim.recording`)."""
 
     scheduled: ScheduledStep
-    local_time: np.ndarray      # step 0's t_g per worker
+    local_time: list[float]     # step 0's t_g per worker
+    growth: list[int]           # per worker: tokens each decode step adds (its running requests, as planned)
     durations: np.ndarray       # T of every planned step
     ends: np.ndarray            # end time of every planned step
-    loads: np.ndarray | None    # (steps x workers) load of every planned step (None: a single step)
-    peak: np.ndarray | None     # max over workers of ``loads``, per step
-    busy: np.ndarray | None     # (steps x workers) busy time of every planned step (groups that record balance)
+    peak: np.ndarray | None     # max over workers of the load of every planned step (None: a single step)
     length: int                 # steps that may be applied (cut back when a request arrives)
     applied: int = 0            # steps applied so far
     done: int = 0               # steps ended so far (>= applied)
@@ -65,6 +66,24 @@ class StepPlan:
         self.length = min(self.length, self.done + 1)
 
 
+def _peaks(load: list[float], growth: list[int], span: int) -> np.ndarray:
+    """The largest per-worker load, ``max_g load_g + m * growth_g``, of steps m = 0 .. span - 1 (whole numbers,
+    so exact however computed).
+
+    Each worker's load is a line in m. A line that starts no higher than the top one at m = 0 and ends no higher is
+    never above it in between, so only the lines that end higher can overtake it: usually none, and the peak is
+    one line. (A (steps x workers) array reduced over its rows costs far more, some 70 ns a row.)
+    """
+    last = span - 1
+    ends = [x + last * r for x, r in zip(load, growth)]
+    top = load.index(max(load))
+    peak = load[top] + growth[top] * _STEPS[:span]
+    for g, end in enumerate(ends):
+        if end > ends[top]:
+            np.maximum(peak, load[g] + growth[g] * _STEPS[:span], out=peak)
+    return peak
+
+
 class StepModel:
     """Step times of a group of ``num_workers`` workers of ``model`` stepping together."""
 
@@ -72,38 +91,43 @@ class StepModel:
         self.a, self.b, self.c0, self.cw, self.p = model.a, model.b, model.c0, model.cw, model.p
         self.b_mean = model.b / num_workers  # b * mean(L) = b_mean * sum(L)
 
-    def plan(self, step: ScheduledStep, running: RunningTable, clock: float, horizon: float, *,
-             with_busy: bool) -> StepPlan:
+    def plan(self, step: ScheduledStep, running: RunningTable, clock: float, horizon: float) -> StepPlan:
         """Time ``step`` (starting at ``clock``) and up to ``step.max_steps - 1`` pure decode steps after it.
 
         ``running``: the requests that run (per worker, the loads' growth per decode step). Decode steps only
         grow longer, so the plan stops at the first step that ends past ``horizon`` (the next event outside the
-        group: an arrival, a deadline): a longer one would be cut there anyway. ``with_busy``: also each worker's
-        busy time in the decode steps (for balance metrics).
+        group: an arrival, a deadline): a longer one would be cut there anyway.
         """
-        load = step.load
-        local = self.cw + self.a * load
+        load = step.load.tolist()  # per-worker figures as Python floats: G is small, numpy calls cost more
+        local = [self.cw + self.a * x for x in load]
         if step.prefill_tokens is not None:
-            local = local + self.p * step.prefill_tokens
+            local = [t + self.p * x for t, x in zip(local, step.prefill_tokens)]
         span = step.max_steps
-        total = float(_sum(load))
-        slowest = _max(local)
-        first = float(slowest) + self.b_mean * total + self.c0
+        total = sum(load)  # whole numbers: exact in any order
+        first = max(local) + self.b_mean * total + self.c0
+        growth = running.per_worker.tolist()
         if span > 1:
             ahead = horizon - clock - first
-            shortest = self.cw + self.c0 + self.a * float(_max(load)) + self.b_mean * total
+            shortest = self.cw + self.c0 + self.a * max(load) + self.b_mean * total
             if ahead < (span - 2) * shortest:
                 span = max(int(ahead / shortest), 0) + 2
         if span == 1:  # one step: its end without the running sum (the same float)
-            return StepPlan(step, local, np.array([first]), np.array([clock + first]), None, None, None, 1)
+            return StepPlan(step, local, growth, np.array([first]), np.array([clock + first]), None, 1)
         # step m: loads L0 + m * running; T = c_w + c_0 + a * max_g L + b * mean L
-        loads = load + _STEPS_COL[:span] * running.per_worker
-        peak = _max(loads, axis=1)
+        peak = _peaks(load, growth, span)
         durations = ((self.cw + self.c0 + self.b_mean * total) + self.a * peak
                      + (self.b_mean * running.count) * _STEPS[:span])
         durations[0] = first
-        busy = None
-        if with_busy:  # worker g's busy time: its local time plus the shared phase (see StepRecorder)
-            busy = self.a * (loads - peak[:, None]) + durations[:, None]
-            busy[0] = (local - slowest) + first  # step 0 may prefill: from its own local times
-        return StepPlan(step, local, durations, clock + _cumsum(durations), loads, peak, busy, span)
+        return StepPlan(step, local, growth, durations, clock + _cumsum(durations), peak, span)
+
+    def busy(self, loads: np.ndarray, durations: np.ndarray, first_rows: np.ndarray,
+             first_local: np.ndarray) -> np.ndarray:
+        """Each worker's busy time in steps of per-worker ``loads`` (steps x workers) and ``durations``: its local
+        time plus the shared phase (b * mean L + c_0, spent by every worker in the all-to-all and expert work), so
+        that the step length minus it is exactly the worker's wait at the barrier. In a decode step that is
+        ``T - a * (max_g L - L_g)``; the rows ``first_rows`` are scheduled steps (step 0 of their plans, which may
+        prefill), whose busy times come from their local times ``first_local`` (len(first_rows) x workers)."""
+        busy = self.a * (loads - row_max(loads)[:, None]) + durations[:, None]
+        if len(first_rows):
+            busy[first_rows] = (first_local - row_max(first_local)[:, None]) + durations[first_rows, None]
+        return busy

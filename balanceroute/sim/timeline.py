@@ -27,43 +27,25 @@ class TimelineBuffer:
         self.running = np.empty((self.capacity, g), dtype=np.int64)
         self.waiting = np.empty((self.capacity, g), dtype=np.int64)
 
-    def add(self, first_step: int, start_s: float, ends_s: np.ndarray, kv0: np.ndarray,
-            kv_slope: np.ndarray | None, running: np.ndarray, waiting: np.ndarray) -> None:
-        """Offer ``len(ends_s)`` consecutive steps, the first numbered ``first_step``, starting at ``start_s`` and
-        ending at ``ends_s``.
+    def add(self, steps: np.ndarray, time_s: np.ndarray, kv: np.ndarray, running: np.ndarray,
+            waiting: np.ndarray) -> None:
+        """Offer consecutive steps: their numbers (ascending) and start times, and per step the per-worker load,
+        running and waiting counts (steps x workers). Those whose number is a multiple of the stride are kept.
 
-        Step m had per-worker load ``kv0 + m * kv_slope`` (``kv_slope`` None: a single step); running and waiting
-        counts are those of the whole span.
+        The result does not depend on how the steps are split into offers: the kept steps are always the multiples
+        of the smallest stride (a power of two) at which all the steps offered so far fit.
         """
-        count = len(ends_s)
-        m0 = (-first_step) % self.stride
-        if m0 >= count:  # the common case once thinned: nothing to keep
-            return
-        if m0 + self.stride >= count and self.n < self.capacity:  # exactly one step to keep
-            row = self.n
-            self.time[row] = ends_s[m0 - 1] if m0 else start_s
-            self.step[row] = first_step + m0
-            self.kv[row] = kv0 if kv_slope is None else kv0 + m0 * kv_slope
-            self.running[row] = running
-            self.waiting[row] = waiting
-            self.n = row + 1
-            return
-        while True:
-            m = np.arange((-first_step) % self.stride, count, self.stride)
-            if self.n + m.size <= self.capacity:
-                break
+        keep = np.flatnonzero(steps % self.stride == 0)
+        while self.n + keep.size > self.capacity:
             self._thin()
-            if (-first_step) % self.stride >= count:
-                return
-        rows = slice(self.n, self.n + m.size)
-        self.time[rows] = ends_s[m - 1]  # each step starts when the one before it ends
-        if m[0] == 0:
-            self.time[self.n] = start_s
-        self.step[rows] = first_step + m
-        self.kv[rows] = kv0 if kv_slope is None else kv0 + m[:, None] * kv_slope
-        self.running[rows] = running
-        self.waiting[rows] = waiting
-        self.n += m.size
+            keep = keep[steps[keep] % self.stride == 0]
+        rows = slice(self.n, self.n + keep.size)
+        self.time[rows] = time_s[keep]
+        self.step[rows] = steps[keep]
+        self.kv[rows] = kv[keep]
+        self.running[rows] = running[keep]
+        self.waiting[rows] = waiting[keep]
+        self.n += keep.size
 
     def _thin(self) -> None:
         self.stride *= 2
