@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         results = _live_results(args.run_dirs)
         model = results[0]["config"]["model"]
         calibration = calibrate_runs(args.run_dirs, results, args.source)
-        preset = fitted_preset(model, calibration.costs, calibration.limits)
+        preset = fitted_preset(model, calibration.fit, calibration.limits)
         frontend = fit_frontend(list(zip(args.run_dirs, results)), preset)
     except (StepLogError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -82,11 +82,11 @@ def run(args: argparse.Namespace) -> int:
         keys = ("a", "b", "c0", "cw", "p", "frontend_latency_s", "kv_capacity_tokens", "block_size",
                 "max_num_seqs", "max_num_batched_tokens")
         print(json.dumps({"out": str(args.out), "model": {k: calibrated[k] for k in keys},
-                          "source": calibration.source, "samples": calibration.num_samples, "r2": calibration.r2,
-                          "mean_abs_error": calibration.mean_abs_error,
+                          "source": calibration.source, "samples": calibration.fit.num_samples,
+                          "r2": calibration.fit.r2, "mean_abs_error": calibration.fit.mean_abs_error,
                           "limits_measured": calibration.limits_measured, "runs": calibration.per_run}))
         return 0
-    costs, quantity = calibration.costs, "step period" if calibration.source == "steps" else "TPOT"
+    costs, quantity = calibration.fit, "step period" if calibration.source == "steps" else "TPOT"
     print(f"fitted {len(args.run_dirs)} run(s) to {calibration.quality}:")
     print(f"  c0+cw {costs.constant * 1e3:.3f} ms, a {costs.a:.3e} s/KV token, b {costs.b:.3e} s/mean KV token, "
           f"p {costs.p:.3e} s/prefill token")

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from balanceroute.backends.vllm import SERVER_LOG
-from balanceroute.calibration.fit import StepCosts, fit_steps
+from balanceroute.calibration.fit import StepFit, fit_steps
 from balanceroute.calibration.preset import ENGINE_LIMITS, engine_limits
 from balanceroute.calibration.steps import StepLogError, StepTable, read_steps
-from balanceroute.calibration.timings import TokenTimings, fit_timings, token_timings
+from balanceroute.calibration.timings import TimingFit, TokenTimings, fit_timings, token_timings
 from balanceroute.results import REQUESTS_FILE
 from balanceroute.sim.presets import get_preset
 from balanceroute.vllm_plugin.step_log import STEP_LOG_DIR
@@ -32,20 +33,21 @@ KV_CACHE_LINE = re.compile(r"KV cache size: ([\d,]+) tokens")
 
 @dataclass(frozen=True)
 class Calibration:
-    """A fit and what it stands on: ``source`` (steps or timings), the sentence describing its quality (R^2 and
-    mean |error| relative to the mean fitted quantity), the engines' limits (``limits_measured``: reported by vLLM, else configured) and the per-run comparison of the
-    fitted quantity (a step period or a TPOT)."""
+    """A fit and what it stands on: ``source`` (steps or timings), the sentence describing its quality, the
+    engines' limits (``limits_measured``: reported by vLLM, else configured) and, per run, the fitted quantity
+    (a step period or a TPOT) measured and predicted."""
 
-    costs: StepCosts
+    fit: StepFit | TimingFit
     source: str
     quality: str
-    num_samples: int
-    r2: float
-    mean_abs_error: float
-    num_ranks: int
     limits: dict[str, int]
     limits_measured: bool
     per_run: list[dict]
+
+
+def _run_row(run_dir: Path, samples: int, measured_s: np.ndarray, predicted_s: np.ndarray) -> dict:
+    return {"run_dir": str(run_dir), "samples": samples, "measured_mean_ms": float(measured_s.mean() * 1e3),
+            "predicted_mean_ms": float(predicted_s.mean() * 1e3)}
 
 
 def _has_step_logs(run_dir: Path) -> bool:
@@ -56,13 +58,11 @@ def _from_steps(run_dirs: list[Path]) -> Calibration:
     tables = [read_steps(d) for d in run_dirs]
     steps = StepTable.concat(tables)
     fit = fit_steps(steps)
-    per_run = [{"run_dir": str(d), "samples": t.num_steps, "measured_mean_ms": float(t.period.mean() * 1e3),
-                "predicted_mean_ms": float(fit.predict(t).mean() * 1e3)} for d, t in zip(run_dirs, tables)]
+    per_run = [_run_row(d, t.num_steps, t.period, fit.predict(t)) for d, t in zip(run_dirs, tables)]
     quality = (f"{fit.num_steps} lock-steps of {steps.num_ranks} DP rank(s): R^2 {fit.r2:.3f}, mean |error| "
                f"{fit.mean_abs_error:.1%} of the mean step period ({fit.mean_period_s * 1e3:.2f} ms), "
                f"{fit.rounds} round(s)")
-    return Calibration(fit, "steps", quality, fit.num_steps, fit.r2, fit.mean_abs_error, steps.num_ranks,
-                       engine_limits(steps.engines), True, per_run)
+    return Calibration(fit, "steps", quality, engine_limits(steps.engines), True, per_run)
 
 
 def logged_kv_capacity(run_dir: Path) -> int | None:
@@ -95,15 +95,13 @@ def _from_timings(run_dirs: list[Path], results: list[dict]) -> Calibration:
         requests = pd.read_parquet(run_dir / REQUESTS_FILE)
         tables.append(token_timings(requests, int(config["parallel"]["dp"]), barrier=bool(config["model"]["moe"])))
     fit = fit_timings(TokenTimings.concat(tables))
-    per_run = [{"run_dir": str(d), "samples": t.num_requests, "measured_mean_ms": float(t.tpot.mean() * 1e3),
-                "predicted_mean_ms": float(fit.predict_tpot(t).mean() * 1e3)} for d, t in zip(run_dirs, tables)]
+    per_run = [_run_row(d, t.num_requests, t.tpot, fit.predict_tpot(t)) for d, t in zip(run_dirs, tables)]
     quality = (f"the token timings of {fit.num_requests} requests (no step logs; loads rebuilt from request "
                f"lifetimes, an approximation): R^2 {fit.r2:.3f}, mean |error| {fit.mean_abs_error:.1%} of the mean "
                f"TPOT ({fit.mean_tpot_s * 1e3:.2f} ms)")
     logged = [c for c in map(logged_kv_capacity, run_dirs) if c is not None]
     limits = configured_limits(results[0]["config"]["model"], min(logged) if logged else None)
-    return Calibration(fit, "timings", quality, fit.num_requests, fit.r2, fit.mean_abs_error, tables[0].num_ranks,
-                       limits, False, per_run)
+    return Calibration(fit, "timings", quality, limits, False, per_run)
 
 
 def calibrate_runs(run_dirs: list[Path], results: list[dict], source: str = "auto") -> Calibration:

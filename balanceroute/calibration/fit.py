@@ -63,6 +63,10 @@ class StepFit(StepCosts):
     mean_period_s: float      # measured mean step period
     rounds: int
 
+    @property
+    def num_samples(self) -> int:
+        return self.num_steps
+
 
 def _design(steps: StepTable, slowest: np.ndarray) -> np.ndarray:
     rows = np.arange(steps.num_steps)

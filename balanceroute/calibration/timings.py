@@ -62,6 +62,10 @@ class TimingFit(StepCosts):
     mean_abs_error: float     # mean |predicted - measured| / mean measured TPOT
     mean_tpot_s: float
 
+    @property
+    def num_samples(self) -> int:
+        return self.num_requests
+
     def predict_tpot(self, timings: TokenTimings) -> np.ndarray:
         """The TPOT of each of ``timings``' requests under these costs."""
         return self.constant + self.a * timings.max_load + self.b * timings.mean_load + self.p * timings.prefill
