@@ -96,14 +96,14 @@ def set_aside(path: Path) -> Path:
 
 
 def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The summary in ``run_dir/result.json``, or None when the run has not completed (no result file).
+    """The summary in ``run_dir/result.json``, or None when there is none (a run not completed; not a folder).
 
     Raises ValueError naming the file if it exists but is not a JSON object.
     """
     path = Path(run_dir) / RESULT_FILE
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no result yet, or run_dir is not a folder
         return None
     try:
         data = json.loads(text)

@@ -138,7 +138,7 @@ def test_calibrate_writes_a_model_config_the_simulator_runs(tmp_path, capsys):
 
 @pytest.mark.parametrize("case, message", [
     ("no_steps", "no step logs"), ("sim_run", "a backend=sim run; calibrate needs backend=vllm runs"),
-    ("no_result", "no result.json"), ("no_requests", "requests.parquet")])
+    ("no_result", "no result.json"), ("a_file", "no result.json"), ("no_requests", "requests.parquet")])
 def test_calibrate_refuses_what_it_cannot_fit_with_one_line(tmp_path, capsys, case, message):
     run_dir = tmp_path / "run"
     if case == "no_steps":
@@ -149,6 +149,8 @@ def test_calibrate_refuses_what_it_cannot_fit_with_one_line(tmp_path, capsys, ca
         live_run(run_dir, backend="sim")
     elif case == "no_requests":
         (live_run(run_dir) / "requests.parquet").unlink()
+    elif case == "a_file":  # e.g. a sweep's multirun.yaml caught by a glob
+        run_dir.write_text("{}")
     else:
         run_dir.mkdir()
     out = tmp_path / "model.yaml"
@@ -196,6 +198,35 @@ def test_token_timings_recover_the_step_costs_of_the_simulator(barrier):
         sim = simulated_requests(fitted, barrier=barrier, rate=rate, seed=7)
         tpot = [((f.finish_s - f.first_token_s) / (f.output_len - 1))[f.output_len > 1].mean() for f in (live, sim)]
         assert tpot[1] == pytest.approx(tpot[0], rel=0.03)
+
+
+def test_token_timings_leave_out_client_stalls():
+    """Tokens a paused client receives in one burst (a TPOT near zero) or after a pause are not step costs: the
+    fit leaves those requests out and still finds the simulator's costs, where a plain fit of all of them would
+    not; a clean run loses no request."""
+    preset = get_preset("tiny").with_overrides(a=2e-6, b=1e-6, c0=0.0, cw=0.012, p=5e-5, kv_capacity_tokens=200_000,
+                                               block_size=16, max_num_seqs=8, max_num_batched_tokens=2048)
+    requests = simulated_requests(preset, barrier=True, rate=3.0, seed=0)
+    clean = fit_timings(token_timings(requests, 2, barrier=True))
+    assert clean.num_outliers == 0
+    stalled = requests.copy()
+    output_len = stalled["output_len"].to_numpy()
+    # one in nine requests delivered at once; one in ten short ones after a 0.5 s pause (over a long output a
+    # pause is a few ms a token, within the fit's noise, and kept)
+    burst = np.flatnonzero(output_len > 3)[::9]
+    pause = np.setdiff1d(np.flatnonzero((output_len > 3) & (output_len <= 40))[4::10], burst)
+    stalled.loc[burst, "finish_s"] = stalled.loc[burst, "first_token_s"] + 1e-5
+    stalled.loc[pause, "finish_s"] += 0.5
+    timings = token_timings(stalled, 2, barrier=True)
+    fit = fit_timings(timings)
+    decoded_rows = stalled.index[(stalled["status"] == "completed") & (stalled["output_len"] >= 2)]
+    assert len(decoded_rows) == timings.num_requests
+    assert (fit.fitted(timings) == ~np.isin(decoded_rows, np.concatenate([burst, pause]))).all()
+    assert fit.num_outliers == len(burst) + len(pause)
+    assert fit.constant == pytest.approx(0.012, rel=0.05) and fit.a + fit.b == pytest.approx(3e-6, rel=0.15)
+    design = np.column_stack([np.ones(timings.num_requests), timings.max_load, timings.mean_load, timings.prefill])
+    plain = np.linalg.lstsq(design, timings.tpot, rcond=None)[0]
+    assert abs(plain[0] - 0.012) > 0.1 * 0.012  # what the stalls do to a fit that keeps them
 
 
 def test_calibrate_without_step_logs_fits_the_token_timings(tmp_path, capsys):

@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         keys = ("a", "b", "c0", "cw", "p", "frontend_latency_s", "kv_capacity_tokens", "block_size",
                 "max_num_seqs", "max_num_batched_tokens")
         print(json.dumps({"out": str(args.out), "model": {k: calibrated[k] for k in keys},
-                          "source": calibration.source, "samples": calibration.fit.num_samples,
+                          "source": calibration.source, "quality": calibration.quality,
+                          "samples": calibration.fit.num_samples,
                           "r2": calibration.fit.r2, "mean_abs_error": calibration.fit.mean_abs_error,
                           "limits_measured": calibration.limits_measured, "runs": calibration.per_run}))
         return 0

@@ -45,9 +45,11 @@ class Calibration:
     per_run: list[dict]
 
 
-def _run_row(run_dir: Path, samples: int, measured_s: np.ndarray, predicted_s: np.ndarray) -> dict:
-    return {"run_dir": str(run_dir), "samples": samples, "measured_mean_ms": float(measured_s.mean() * 1e3),
-            "predicted_mean_ms": float(predicted_s.mean() * 1e3)}
+def _run_row(run_dir: Path, measured_s: np.ndarray, predicted_s: np.ndarray) -> dict:
+    def mean_ms(values: np.ndarray) -> float:
+        return float(values.mean() * 1e3) if len(values) else float("nan")
+    return {"run_dir": str(run_dir), "samples": len(measured_s), "measured_mean_ms": mean_ms(measured_s),
+            "predicted_mean_ms": mean_ms(predicted_s)}
 
 
 def _has_step_logs(run_dir: Path) -> bool:
@@ -58,7 +60,7 @@ def _from_steps(run_dirs: list[Path]) -> Calibration:
     tables = [read_steps(d) for d in run_dirs]
     steps = StepTable.concat(tables)
     fit = fit_steps(steps)
-    per_run = [_run_row(d, t.num_steps, t.period, fit.predict(t)) for d, t in zip(run_dirs, tables)]
+    per_run = [_run_row(d, t.period, fit.predict(t)) for d, t in zip(run_dirs, tables)]
     quality = (f"{fit.num_steps} lock-steps of {steps.num_ranks} DP rank(s): R^2 {fit.r2:.3f}, mean |error| "
                f"{fit.mean_abs_error:.1%} of the mean step period ({fit.mean_period_s * 1e3:.2f} ms), "
                f"{fit.rounds} round(s)")
@@ -95,10 +97,15 @@ def _from_timings(run_dirs: list[Path], results: list[dict]) -> Calibration:
         requests = pd.read_parquet(run_dir / REQUESTS_FILE)
         tables.append(token_timings(requests, int(config["parallel"]["dp"]), barrier=bool(config["model"]["moe"])))
     fit = fit_timings(TokenTimings.concat(tables))
-    per_run = [_run_row(d, t.num_requests, t.tpot, fit.predict_tpot(t)) for d, t in zip(run_dirs, tables)]
+    per_run = []
+    for run_dir, table in zip(run_dirs, tables):
+        kept = fit.fitted(table)
+        per_run.append(_run_row(run_dir, table.tpot[kept], fit.predict_tpot(table)[kept]))
+    stalls = (f", {fit.num_outliers} left out as client stalls (TPOT more than {fit.outlier_bound_s * 1e3:.2f} ms "
+              "from the fit)" if fit.num_outliers else "")
     quality = (f"the token timings of {fit.num_requests} requests (no step logs; loads rebuilt from request "
-               f"lifetimes, an approximation): R^2 {fit.r2:.3f}, mean |error| {fit.mean_abs_error:.1%} of the mean "
-               f"TPOT ({fit.mean_tpot_s * 1e3:.2f} ms)")
+               f"lifetimes, an approximation{stalls}): R^2 {fit.r2:.3f}, mean |error| {fit.mean_abs_error:.1%} of "
+               f"the mean TPOT ({fit.mean_tpot_s * 1e3:.2f} ms)")
     logged = [c for c in map(logged_kv_capacity, run_dirs) if c is not None]
     limits = configured_limits(results[0]["config"]["model"], min(logged) if logged else None)
     return Calibration(fit, "timings", quality, limits, False, per_run)

@@ -16,6 +16,13 @@ over time: an approximation, exact when the loads change slowly against a step. 
 models, independent engines) a worker's step costs ``a L + b L`` alike, so the fit puts all of it in ``a``.
 A non-negative least-squares solve over the completed requests gives the coefficients; the step-log fit
 (:mod:`balanceroute.calibration.fit`) is the better evidence wherever step logs exist.
+
+The TPOTs are timed by the client, so they also carry the client's stalls: a paused machine delivers a request's
+tokens in one burst (a TPOT near zero, below any step's cost) or after a pause (a TPOT of half a second). Such a
+request says nothing about step costs, and a few of them decide a least-squares fit of a short run. So the fit is
+trimmed: starting from the requests whose TPOT is near the median, requests further than :data:`OUTLIER_SIGMAS`
+robust standard deviations (from the median absolute residual) from the current fit are left out and the rest
+refitted, until the set holds.
 """
 from __future__ import annotations
 
@@ -30,6 +37,12 @@ from balanceroute.calibration.steps import StepLogError, common_num_ranks
 
 #: Time grid of the rebuilt KV loads (seconds): well below a decode step.
 GRID_S = 0.001
+#: A request this many robust standard deviations from the fit is a client stall, not evidence of step costs.
+OUTLIER_SIGMAS = 3.5
+#: ... and never closer than this share of the mean TPOT: the rebuilt loads alone miss single requests of the
+#: simulator's own runs by up to 18% of it (an exact step model, no stalls), and that is not a stall.
+MIN_OUTLIER_SHARE = 0.25
+MAX_TRIM_ROUNDS = 20
 
 
 @dataclass(frozen=True)
@@ -57,9 +70,11 @@ class TokenTimings:
 class TimingFit(StepCosts):
     """Costs fitted to request TPOTs and how well they explain them."""
 
-    num_requests: int
-    r2: float                 # share of the TPOTs' variance explained
-    mean_abs_error: float     # mean |predicted - measured| / mean measured TPOT
+    num_requests: int         # fitted (the requests left after trimming stalls)
+    num_outliers: int         # left out: TPOT further than outlier_bound_s from the fit
+    outlier_bound_s: float
+    r2: float                 # share of the fitted TPOTs' variance explained
+    mean_abs_error: float     # mean |predicted - measured| / mean measured TPOT, over the fitted requests
     mean_tpot_s: float
 
     @property
@@ -69,6 +84,10 @@ class TimingFit(StepCosts):
     def predict_tpot(self, timings: TokenTimings) -> np.ndarray:
         """The TPOT of each of ``timings``' requests under these costs."""
         return self.constant + self.a * timings.max_load + self.b * timings.mean_load + self.p * timings.prefill
+
+    def fitted(self, timings: TokenTimings) -> np.ndarray:
+        """Which of ``timings``' requests this fit kept (within ``outlier_bound_s`` of its prediction)."""
+        return np.abs(self.predict_tpot(timings) - timings.tpot) <= self.outlier_bound_s
 
 
 def _loads(frame: pd.DataFrame, num_ranks: int, start: float, cells: int) -> np.ndarray:
@@ -147,16 +166,46 @@ def token_timings(requests: pd.DataFrame, num_ranks: int, *, barrier: bool) -> T
     return TokenTimings((last - first) / steps, max_load, mean_load, prefill / steps, num_ranks)
 
 
+def _outlier_bound(residual: np.ndarray, tpot: np.ndarray) -> float:
+    """How far from its prediction a TPOT may be and still be fitted: :data:`OUTLIER_SIGMAS` robust standard
+    deviations of ``residual`` (1.4826 median absolute deviations), at least :data:`MIN_OUTLIER_SHARE` of the
+    mean TPOT."""
+    sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    return max(OUTLIER_SIGMAS * sigma, MIN_OUTLIER_SHARE * float(tpot.mean()))
+
+
+def _trimmed_nnls(design: np.ndarray, tpot: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Coefficients, kept rows and the outlier bound of a least-squares fit that leaves out the rows further
+    than the bound from it, refitting until the kept set holds. It starts from the TPOTs near their median (a
+    fit of all rows is what the stalls spoil); a set that does not settle, or would keep fewer than
+    :data:`MIN_STEPS` rows, leaves the plain fit of all rows."""
+    centred = tpot - np.median(tpot)
+    keep = np.abs(centred) <= _outlier_bound(centred, tpot)
+    for _ in range(MAX_TRIM_ROUNDS):
+        if keep.sum() < MIN_STEPS:
+            break
+        coefficients, _ = nnls(design[keep], tpot[keep])
+        residual = design @ coefficients - tpot
+        bound = _outlier_bound(residual[keep], tpot[keep])
+        trimmed = np.abs(residual) <= bound
+        if np.array_equal(trimmed, keep):
+            return coefficients, keep, bound
+        keep = trimmed
+    return nnls(design, tpot)[0], np.ones(len(tpot), dtype=bool), float("inf")
+
+
 def fit_timings(timings: TokenTimings) -> TimingFit:
-    """Least-squares costs for ``timings`` (StepLogError when too few requests decoded)."""
+    """Least-squares costs for ``timings``, stalls trimmed (StepLogError when too few requests decoded)."""
     if timings.num_requests < MIN_STEPS:
         raise StepLogError(f"only {timings.num_requests} requests decoded two or more tokens (need at least "
                            f"{MIN_STEPS}): run more requests")
     design = np.column_stack([np.ones(timings.num_requests), timings.max_load, timings.mean_load, timings.prefill])
-    coefficients, _ = nnls(design, timings.tpot)
-    error = design @ coefficients - timings.tpot
-    mean = float(timings.tpot.mean())
-    spread = float(((timings.tpot - mean) ** 2).sum())
+    coefficients, keep, bound = _trimmed_nnls(design, timings.tpot)
+    tpot = timings.tpot[keep]
+    error = design[keep] @ coefficients - tpot
+    mean = float(tpot.mean())
+    spread = float(((tpot - mean) ** 2).sum())
     r2 = 1.0 - float((error**2).sum()) / spread if spread > 0 else float("nan")
     constant, a, b, p = (float(v) for v in coefficients)
-    return TimingFit(constant, a, b, p, timings.num_requests, r2, float(np.abs(error).mean()) / mean, mean)
+    return TimingFit(constant, a, b, p, int(keep.sum()), int((~keep).sum()), bound, r2,
+                     float(np.abs(error).mean()) / mean, mean)
