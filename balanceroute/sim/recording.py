@@ -27,16 +27,20 @@ from balanceroute.steady import StepTrace
 class StepRecorder:
     """Records the steps of the global ``workers``: a timeline, and ``balance`` and ``trace`` (either may be None:
     not kept) for a barrier group, whose busy times come from its ``step_model``. Stretches are noted and turned
-    into per-step rows ``size`` steps at a time (and by :meth:`flush`)."""
+    into per-step rows once ``stretches`` are noted or ``cells`` per-worker entries (steps x workers), and by
+    :meth:`flush`: bounds on the notes and the flush's temporary arrays (the G groups of workers without the
+    barrier each keep notes, and arrays this small the allocator hands back)."""
 
     def __init__(self, workers: np.ndarray, timeline_rows: int, step_model: StepModel,
-                 balance: BalanceAccumulator | None, trace: StepTrace | None, size: int = 16 * MAX_SPAN) -> None:
+                 balance: BalanceAccumulator | None, trace: StepTrace | None, stretches: int = 512,
+                 cells: int = 2 ** 15) -> None:
         self.timeline = TimelineBuffer(workers, timeline_rows)
         self.peak_load = 0.0  # largest per-worker KV load of any step (tokens)
         self.step_model = step_model
         self.balance = balance
         self.trace = trace
-        self.size = size
+        self.max_stretches = stretches
+        self.max_steps = max(MAX_SPAN, cells // len(workers))
         self.notes = _Notes()
 
     def record(self, plan: StepPlan, first: int, k: int, start: float, step: int, tokens0: int, running: int,
@@ -66,7 +70,7 @@ class StepRecorder:
         notes.waiting.append(waiting.copy())
         notes.waiting_steps.append(k - before)
         notes.steps += k
-        if notes.steps >= self.size:
+        if notes.steps >= self.max_steps or len(notes.k) >= self.max_stretches:
             self.flush()
 
     def flush(self) -> None:
