@@ -56,7 +56,6 @@ class StepPlan:
     growth: list[int]           # per worker: tokens each decode step adds (its running requests, as planned)
     durations: np.ndarray       # T of every planned step
     ends: np.ndarray            # end time of every planned step
-    peak: np.ndarray | None     # max over workers of the load of every planned step (None: a single step)
     length: int                 # steps that may be applied (cut back when a request arrives)
     applied: int = 0            # steps applied so far
     done: int = 0               # steps ended so far (>= applied)
@@ -68,7 +67,7 @@ class StepPlan:
 
 def _peaks(load: list[float], growth: list[int], span: int) -> np.ndarray:
     """The largest per-worker load, ``max_g load_g + m * growth_g``, of steps m = 0 .. span - 1 (whole numbers,
-    so exact however computed).
+    so exact however computed), as a new array.
 
     Each worker's load is a line in m. A line that starts no higher than the top one at m = 0 and ends no higher is
     never above it in between, so only the lines that end higher can overtake it: usually none, and the peak is
@@ -112,13 +111,17 @@ class StepModel:
             if ahead < (span - 2) * shortest:
                 span = max(int(ahead / shortest), 0) + 2
         if span == 1:  # one step: its end without the running sum (the same float)
-            return StepPlan(step, local, growth, np.array([first]), np.array([clock + first]), None, 1)
-        # step m: loads L0 + m * running; T = c_w + c_0 + a * max_g L + b * mean L
-        peak = _peaks(load, growth, span)
-        durations = ((self.cw + self.c0 + self.b_mean * total) + self.a * peak
-                     + (self.b_mean * running.count) * _STEPS[:span])
+            return StepPlan(step, local, growth, np.array([first]), np.array([clock + first]), 1)
+        # step m: loads L0 + m * running; T = (c_w + c_0 + b * mean L0) + a * max_g L + (b / G * running) * m,
+        # computed in place on the fresh array of peaks (the same operations: + and * commute exactly)
+        durations = _peaks(load, growth, span)
+        durations *= self.a
+        durations += self.cw + self.c0 + self.b_mean * total
+        durations += (self.b_mean * running.count) * _STEPS[:span]
         durations[0] = first
-        return StepPlan(step, local, growth, durations, clock + _cumsum(durations), peak, span)
+        ends = _cumsum(durations)
+        ends += clock
+        return StepPlan(step, local, growth, durations, ends, span)
 
     def busy(self, loads: np.ndarray, durations: np.ndarray, first_rows: np.ndarray,
              first_local: np.ndarray) -> np.ndarray:
