@@ -9,9 +9,12 @@ ALGORITHMS.md and :class:`~balanceroute.sim.presets.ModelPreset`.
 Planning ahead is what keeps the simulator fast. A scheduled step can be followed, where nothing can change, by a
 stretch of pure decode steps (the scheduler says how many: :attr:`ScheduledStep.max_steps`): every running request
 adds one token per step, so the loads grow linearly (``L_g + m * running_g`` at step m) and the stretch's step
-times are one small (steps x workers) array. The scheduler decides what runs (:mod:`balanceroute.sim.scheduler`),
+times are a few array operations over its steps. The scheduler decides what runs (:mod:`balanceroute.sim.scheduler`),
 this module times it, the step group applies it (:mod:`balanceroute.sim.group`): a simulator without batched
 stretches would ask for one step at a time.
+
+A plan costs a handful of numpy calls whatever its length, and there is one per event (an arrival, a completion),
+so the per-worker figures (G of them, a few) are Python floats here: numpy's per-call overhead exceeds the work.
 """
 from __future__ import annotations
 
