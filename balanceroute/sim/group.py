@@ -101,7 +101,7 @@ class StepGroup:
         elif self.plan is not None:
             self.plan.keep_current_step()
         self.waiting.push(r, worker - self.first_worker)
-        heapq.heappush(self.deadlines, (req.client_arrival[r] + self.host.timeout_s, r))
+        heapq.heappush(self.deadlines, (float(req.client_arrival[r]) + self.host.timeout_s, r))
 
     def pending_end(self) -> float:
         """End time of the group's next step (inf when idle)."""
