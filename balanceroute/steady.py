@@ -92,6 +92,7 @@ class StepTrace:
 
     def frame(self) -> pd.DataFrame:
         data = np.concatenate(self._batches, axis=1) if self._batches else np.empty((len(STEP_COLUMNS), 0))
+        self._batches = [data]  # joined once: the batches are let go
         return pd.DataFrame({name: data[i] for i, name in enumerate(STEP_COLUMNS)})
 
 
