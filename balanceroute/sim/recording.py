@@ -51,9 +51,9 @@ class StepRecorder:
         worker meanwhile (copied), except in the first ``before`` steps, which ended before the host enqueued
         more: ``waiting_before`` waited then."""
         notes = self.notes
-        if first == 0:  # the plan's step 0: its busy times come from its local times
+        if first == 0:  # the plan's step 0: its busy times come from its local times, which count its prefill
             notes.opening.append(len(notes.k))
-            notes.local.append(plan.local_time)
+            notes.prefill.append(plan.scheduled.prefill_tokens)
         notes.load0.append(plan.scheduled.load)
         notes.growth.append(plan.growth)
         notes.first.append(first)
@@ -96,7 +96,11 @@ class StepRecorder:
                           np.repeat(np.array(notes.waiting), notes.waiting_steps, axis=0))
         if self.balance is None and self.trace is None:
             return
-        busy = self.step_model.busy(loads, durations, heads[notes.opening], np.array(notes.local))
+        prefill = np.zeros((len(notes.opening), loads.shape[1]))
+        for row, tokens in enumerate(notes.prefill):
+            if tokens is not None:
+                prefill[row] = tokens
+        busy = self.step_model.busy(loads, durations, heads[notes.opening], prefill)
         if self.balance is not None:
             self.balance.add_steps(loads, busy, durations)
         if self.trace is not None:
@@ -109,7 +113,7 @@ class StepRecorder:
 @dataclass(slots=True)
 class _Notes:
     """Noted stretches, a list per field (see :meth:`StepRecorder.record`); ``opening`` lists the stretches that
-    start with their plan's step 0 and ``local`` those plans' local times; ``waiting`` and ``waiting_steps`` give
+    start with their plan's step 0 and ``prefill`` those steps' prefill tokens; ``waiting`` and ``waiting_steps`` give
     the waiting counts of consecutive runs of steps; ``steps`` counts the steps."""
 
     load0: list[np.ndarray] = field(default_factory=list)
@@ -123,7 +127,7 @@ class _Notes:
     durations: list[np.ndarray] = field(default_factory=list)
     ends: list[np.ndarray] = field(default_factory=list)
     opening: list[int] = field(default_factory=list)
-    local: list[list[float]] = field(default_factory=list)
+    prefill: list[list[int] | None] = field(default_factory=list)
     waiting: list[np.ndarray] = field(default_factory=list)
     waiting_steps: list[int] = field(default_factory=list)
     steps: int = 0

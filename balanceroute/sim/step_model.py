@@ -55,7 +55,6 @@ class StepPlan:
     only the steps applied are recorded, a stretch at a time (:mod:`balanceroute.sim.recording`)."""
 
     scheduled: ScheduledStep
-    local_time: list[float]     # step 0's t_g per worker
     growth: list[int]           # per worker: tokens each decode step adds (its running requests, as planned)
     durations: np.ndarray       # T of every planned step
     ends: np.ndarray            # end time of every planned step
@@ -101,12 +100,13 @@ class StepModel:
         group: an arrival, a deadline): a longer one would be cut there anyway.
         """
         load = step.load.tolist()  # per-worker figures as Python floats: G is small, numpy calls cost more
-        local = [self.cw + self.a * x for x in load]
-        if step.prefill_tokens is not None:
-            local = [t + self.p * x for t, x in zip(local, step.prefill_tokens)]
+        if step.prefill_tokens is None:  # the largest local time is the largest load's (rounding is monotone)
+            slowest = self.cw + self.a * max(load)
+        else:
+            slowest = max(self.cw + self.a * x + self.p * y for x, y in zip(load, step.prefill_tokens))
         span = step.max_steps
         total = sum(load)  # whole numbers: exact in any order
-        first = max(local) + self.b_mean * total + self.c0
+        first = slowest + self.b_mean * total + self.c0
         growth = running.per_worker.tolist()
         if span > 1:
             ahead = horizon - clock - first
@@ -114,7 +114,7 @@ class StepModel:
             if ahead < (span - 2) * shortest:
                 span = max(int(ahead / shortest), 0) + 2
         if span == 1:  # one step: its end without the running sum (the same float)
-            return StepPlan(step, local, growth, np.array([first]), np.array([clock + first]), 1)
+            return StepPlan(step, growth, np.array([first]), np.array([clock + first]), 1)
         # step m: loads L0 + m * running; T = (c_w + c_0 + b * mean L0) + a * max_g L + (b / G * running) * m,
         # computed in place on the fresh array of peaks (the same operations: + and * commute exactly)
         durations = _peaks(load, growth, span)
@@ -124,16 +124,19 @@ class StepModel:
         durations[0] = first
         ends = _cumsum(durations)
         ends += clock
-        return StepPlan(step, local, growth, durations, ends, span)
+        return StepPlan(step, growth, durations, ends, span)
 
     def busy(self, loads: np.ndarray, durations: np.ndarray, first_rows: np.ndarray,
-             first_local: np.ndarray) -> np.ndarray:
+             first_prefill: np.ndarray) -> np.ndarray:
         """Each worker's busy time in steps of per-worker ``loads`` (steps x workers) and ``durations``: its local
         time plus the shared phase (b * mean L + c_0, spent by every worker in the all-to-all and expert work), so
         that the step length minus it is exactly the worker's wait at the barrier. In a decode step that is
         ``T - a * (max_g L - L_g)``; the rows ``first_rows`` are scheduled steps (step 0 of their plans, which may
-        prefill), whose busy times come from their local times ``first_local`` (len(first_rows) x workers)."""
+        prefill ``first_prefill`` tokens, len(first_rows) x workers), whose busy times come from their local times
+        ``c_w + a * L_g + p * prefill_g``."""
         busy = self.a * (loads - row_max(loads)[:, None]) + durations[:, None]
         if len(first_rows):
-            busy[first_rows] = (first_local - row_max(first_local)[:, None]) + durations[first_rows, None]
+            local = self.cw + self.a * loads[first_rows]
+            local += self.p * first_prefill
+            busy[first_rows] = (local - row_max(local)[:, None]) + durations[first_rows, None]
         return busy
