@@ -91,9 +91,9 @@ class StepTrace:
         self._n += k
 
     def frame(self) -> pd.DataFrame:
-        data = np.concatenate(self._batches, axis=1) if self._batches else np.empty((len(STEP_COLUMNS), 0))
-        self._batches = [data]  # joined once: the batches are let go
-        return pd.DataFrame({name: data[i] for i, name in enumerate(STEP_COLUMNS)})
+        """The steps as a frame: each column joined from the batches once, into an array the frame owns."""
+        return pd.DataFrame({name: np.concatenate([batch[i] for batch in self._batches]) if self._batches
+                             else np.empty(0) for i, name in enumerate(STEP_COLUMNS)}, copy=False)
 
 
 def _arrival_span(requests: pd.DataFrame) -> tuple[float, float] | None:
