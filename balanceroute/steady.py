@@ -63,7 +63,7 @@ class SteadyWindow:
 class StepTrace:
     """Per-step figures of a step-synchronous run (:data:`STEP_COLUMNS`), appended a batch of steps at a time.
 
-    The batches are kept as they come and joined once, when the frame is read (a million steps take about 48 MB).
+    The batches are kept as they come and joined when the frame is read (a million steps take about 48 MB).
     """
 
     def __init__(self) -> None:

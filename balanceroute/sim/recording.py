@@ -28,8 +28,8 @@ class StepRecorder:
     """Records the steps of the global ``workers``: a timeline, and ``balance`` and ``trace`` (either may be None:
     not kept) for a barrier group, whose busy times come from its ``step_model``. Stretches are noted and turned
     into per-step rows once ``stretches`` are noted or ``cells`` per-worker entries (steps x workers), and by
-    :meth:`flush`: bounds on the notes and the flush's temporary arrays (the G groups of workers without the
-    barrier each keep notes, and arrays this small the allocator hands back)."""
+    :meth:`flush`: bounds on the notes (the G groups of workers without the barrier each keep their own) and on the
+    flush's temporary arrays."""
 
     def __init__(self, workers: np.ndarray, timeline_rows: int, step_model: StepModel,
                  balance: BalanceAccumulator | None, trace: StepTrace | None, stretches: int = 512,
