@@ -63,7 +63,7 @@ class SteadyWindow:
 class StepTrace:
     """Per-step figures of a step-synchronous run (:data:`STEP_COLUMNS`), appended a batch of steps at a time.
 
-    The batches are kept as they come and joined once, when the frame is read (a million steps take about 48 MB).
+    The batches are kept as they come and joined when the frame is read (a million steps take about 48 MB).
     """
 
     def __init__(self) -> None:
@@ -91,8 +91,9 @@ class StepTrace:
         self._n += k
 
     def frame(self) -> pd.DataFrame:
-        data = np.concatenate(self._batches, axis=1) if self._batches else np.empty((len(STEP_COLUMNS), 0))
-        return pd.DataFrame({name: data[i] for i, name in enumerate(STEP_COLUMNS)})
+        """The steps as a frame: each column joined from the batches once, into an array the frame owns."""
+        return pd.DataFrame({name: np.concatenate([batch[i] for batch in self._batches]) if self._batches
+                             else np.empty(0) for i, name in enumerate(STEP_COLUMNS)}, copy=False)
 
 
 def _arrival_span(requests: pd.DataFrame) -> tuple[float, float] | None:

@@ -61,7 +61,7 @@ def weighted_percentiles(values: np.ndarray, weights: np.ndarray | None, percent
     values, weights = values[nz], weights[nz]
     if values.size == 0:
         return np.full(q.shape, np.nan)
-    order = np.argsort(values, kind="stable")
+    order = np.argsort(values)  # the order among equal values does not change the expanded samples
     values = values[order]
     cum = np.cumsum(weights[order].astype(np.int64))  # expanded sample k is values[searchsorted(cum, k, right)]
     n = int(cum[-1])

@@ -101,7 +101,7 @@ class StepGroup:
         elif self.plan is not None:
             self.plan.keep_current_step()
         self.waiting.push(r, worker - self.first_worker)
-        heapq.heappush(self.deadlines, (req.client_arrival[r] + self.host.timeout_s, r))
+        heapq.heappush(self.deadlines, (float(req.client_arrival[r]) + self.host.timeout_s, r))
 
     def pending_end(self) -> float:
         """End time of the group's next step (inf when idle)."""
@@ -235,29 +235,33 @@ class StepGroup:
         running, fields, req = self.running, self.running.fields, self.req
         n = running.count
         rows = fields[PF, :n].nonzero()[0].tolist()
-        unsampled, done, gaps, fresh = [], [], [], 0
+        unsampled, gaps, done, fresh, fresh_unsampled = [], [], 0, 0, 0
         for r in rows:
-            fields[C, r] += fields[CHUNK, r] - 1  # its chunk; the one token every request computes is added below
-            if fields[C, r] + 1 != fields[S, r] + fields[J, r]:
+            row = fields[:, r].tolist()
+            rid, s, j, c, chunk = row[RID], row[S], row[J], row[C], row[CHUNK]
+            c += chunk - 1  # its chunk; the one token every request computes is added below
+            fields[C, r] = c
+            if c + 1 != s + j:
                 unsampled.append(r)
-            elif fields[J, r] == 0:
+                fresh_unsampled += j == 0
+                continue
+            fields[PF, r] = 0
+            done += 1
+            if j == 0:
                 fresh += 1
-                done.append(r)
+                req.first_token[rid] = end
             else:
-                gaps.append(end - req.last_token[fields[RID, r]])
-                done.append(r)
+                gaps.append(end - req.last_token[rid])
         decoding = n - len(rows)
-        fresh_decoding = running.without_first_token - fresh - sum(int(fields[J, r] == 0) for r in unsampled)
-        if fresh + fresh_decoding:  # first tokens: prompts just prefilled, and (disaggregated) decoding from now
+        fresh_decoding = running.without_first_token - fresh - fresh_unsampled
+        if fresh_decoding:  # (disaggregated) decoding requests that sample their first token now
             first_token = fields[J, :n] == 0
-            if unsampled:
-                first_token[unsampled] = False
+            first_token[rows] = False
             req.first_token[fields[RID, :n][first_token]] = end
-            running.without_first_token -= fresh + fresh_decoding
+        running.without_first_token -= fresh + fresh_decoding
         if gaps:
             self.host.itl.add(np.array(gaps), 1)
-        running.prefilling -= len(done)
-        fields[PF, done] = 0
+        running.prefilling -= done
         if unsampled:  # a prompt continues next step: a single step (decode steps follow only when none does)
             sampled = np.ones(n, dtype=bool)
             sampled[unsampled] = False

@@ -97,7 +97,7 @@ class Scheduler:
         else:
             self._prefill, self._cut = None, False
             budget_left = np.full(g, self.token_budget, dtype=np.int64)
-            load = blocks = np.zeros(g)
+            load, blocks = np.zeros(g), np.zeros(g)
             self._blocks_exact = True
         self._blocks = blocks
         self._load = load

@@ -250,7 +250,8 @@ class Simulation:
     # ---- arrivals and routing ----------------------------------------------------------------------------------------
     def _arrive(self, r: int, now: float) -> None:
         req = self.req
-        if not self.model.fits(int(req.prompt[r]), int(req.output[r])):
+        prompt, output = int(req.prompt[r]), int(req.output[r])
+        if not self.model.fits(prompt, output):
             req.status[r] = FAILED
             req.error[r] = KV_CAPACITY
             req.finish[r] = now
@@ -258,8 +259,7 @@ class Simulation:
         if self.pool_mode:
             self.pool.add(r)
             return
-        worker = self.router.route(r, int(req.prompt[r]), prompt_hash=int(req.prompt_hash[r]),
-                                   output_len=int(req.output[r]))
+        worker = self.router.route(r, prompt, prompt_hash=int(req.prompt_hash[r]), output_len=output)
         self._enqueue(r, worker, now)
 
     def _enqueue(self, r: int, worker: int, now: float) -> None:

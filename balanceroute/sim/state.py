@@ -112,21 +112,33 @@ class WeightedSamples:
     """A (value, weight) sample list: inter-token gaps, each standing for ``weight`` equal gaps.
 
     Samples come a few at a time (a stretch's step lengths, once per request decoding in them), so they are kept
-    as the arrays given, unconverted, and joined when read: adding costs a list append, not array copies.
+    as the arrays given and joined ``batch`` additions at a time: adding costs a list append, not array copies, and
+    the arrays given (views of plans' step lengths) are let go once joined.
     """
 
-    def __init__(self) -> None:
-        self._values: list[np.ndarray] = []
+    def __init__(self, batch: int = 4096) -> None:
+        self.batch = batch
+        self._values: list[np.ndarray] = []  # added since the last join
         self._weights: list[int] = []
+        self._joined: list[tuple[np.ndarray, np.ndarray]] = []  # (values, weights) of each join
 
     def add(self, values: np.ndarray, weight: int) -> None:
         """Samples ``values`` (not modified afterwards: they are kept as given), each of weight ``weight``."""
         self._values.append(values)
         self._weights.append(weight)
+        if len(self._values) >= self.batch:
+            self._join()
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self._values:
+        self._join()
+        if not self._joined:
             return np.empty(0), np.empty(0, dtype=np.int64)
-        values = np.concatenate(self._values)
-        counts = [len(v) for v in self._values]
-        return values, np.repeat(np.array(self._weights, dtype=np.int64), counts)
+        self._joined = [(np.concatenate([v for v, _ in self._joined]), np.concatenate([w for _, w in self._joined]))]
+        return self._joined[0]
+
+    def _join(self) -> None:
+        if self._values:
+            counts = [len(v) for v in self._values]
+            self._joined.append((np.concatenate(self._values),
+                                 np.repeat(np.array(self._weights, dtype=np.int64), counts)))
+            self._values, self._weights = [], []

@@ -9,9 +9,12 @@ ALGORITHMS.md and :class:`~balanceroute.sim.presets.ModelPreset`.
 Planning ahead is what keeps the simulator fast. A scheduled step can be followed, where nothing can change, by a
 stretch of pure decode steps (the scheduler says how many: :attr:`ScheduledStep.max_steps`): every running request
 adds one token per step, so the loads grow linearly (``L_g + m * running_g`` at step m) and the stretch's step
-times are one small (steps x workers) array. The scheduler decides what runs (:mod:`balanceroute.sim.scheduler`),
+times are a few array operations over its steps. The scheduler decides what runs (:mod:`balanceroute.sim.scheduler`),
 this module times it, the step group applies it (:mod:`balanceroute.sim.group`): a simulator without batched
 stretches would ask for one step at a time.
+
+A plan costs a handful of numpy calls whatever its length, and there is one per event (an arrival, a completion),
+so the per-worker figures (G of them, a few) are Python floats here: numpy's per-call overhead exceeds the work.
 """
 from __future__ import annotations
 
@@ -52,11 +55,9 @@ class StepPlan:
     only the steps applied are recorded, a stretch at a time (:mod:`balanceroute.sim.recording`)."""
 
     scheduled: ScheduledStep
-    local_time: list[float]     # step 0's t_g per worker
     growth: list[int]           # per worker: tokens each decode step adds (its running requests, as planned)
     durations: np.ndarray       # T of every planned step
     ends: np.ndarray            # end time of every planned step
-    peak: np.ndarray | None     # max over workers of the load of every planned step (None: a single step)
     length: int                 # steps that may be applied (cut back when a request arrives)
     applied: int = 0            # steps applied so far
     done: int = 0               # steps ended so far (>= applied)
@@ -68,7 +69,7 @@ class StepPlan:
 
 def _peaks(load: list[float], growth: list[int], span: int) -> np.ndarray:
     """The largest per-worker load, ``max_g load_g + m * growth_g``, of steps m = 0 .. span - 1 (whole numbers,
-    so exact however computed).
+    so exact however computed), as a new array.
 
     Each worker's load is a line in m. A line that starts no higher than the top one at m = 0 and ends no higher is
     never above it in between, so only the lines that end higher can overtake it: usually none, and the peak is
@@ -99,12 +100,13 @@ class StepModel:
         group: an arrival, a deadline): a longer one would be cut there anyway.
         """
         load = step.load.tolist()  # per-worker figures as Python floats: G is small, numpy calls cost more
-        local = [self.cw + self.a * x for x in load]
-        if step.prefill_tokens is not None:
-            local = [t + self.p * x for t, x in zip(local, step.prefill_tokens)]
+        if step.prefill_tokens is None:  # the largest local time is the largest load's (rounding is monotone)
+            slowest = self.cw + self.a * max(load)
+        else:
+            slowest = max(self.cw + self.a * x + self.p * y for x, y in zip(load, step.prefill_tokens))
         span = step.max_steps
         total = sum(load)  # whole numbers: exact in any order
-        first = max(local) + self.b_mean * total + self.c0
+        first = slowest + self.b_mean * total + self.c0
         growth = running.per_worker.tolist()
         if span > 1:
             ahead = horizon - clock - first
@@ -112,22 +114,29 @@ class StepModel:
             if ahead < (span - 2) * shortest:
                 span = max(int(ahead / shortest), 0) + 2
         if span == 1:  # one step: its end without the running sum (the same float)
-            return StepPlan(step, local, growth, np.array([first]), np.array([clock + first]), None, 1)
-        # step m: loads L0 + m * running; T = c_w + c_0 + a * max_g L + b * mean L
-        peak = _peaks(load, growth, span)
-        durations = ((self.cw + self.c0 + self.b_mean * total) + self.a * peak
-                     + (self.b_mean * running.count) * _STEPS[:span])
+            return StepPlan(step, growth, np.array([first]), np.array([clock + first]), 1)
+        # step m: loads L0 + m * running; T = (c_w + c_0 + b * mean L0) + a * max_g L + (b / G * running) * m,
+        # computed in place on the fresh array of peaks (the same operations: + and * commute exactly)
+        durations = _peaks(load, growth, span)
+        durations *= self.a
+        durations += self.cw + self.c0 + self.b_mean * total
+        durations += (self.b_mean * running.count) * _STEPS[:span]
         durations[0] = first
-        return StepPlan(step, local, growth, durations, clock + _cumsum(durations), peak, span)
+        ends = _cumsum(durations)
+        ends += clock
+        return StepPlan(step, growth, durations, ends, span)
 
     def busy(self, loads: np.ndarray, durations: np.ndarray, first_rows: np.ndarray,
-             first_local: np.ndarray) -> np.ndarray:
+             first_prefill: np.ndarray) -> np.ndarray:
         """Each worker's busy time in steps of per-worker ``loads`` (steps x workers) and ``durations``: its local
         time plus the shared phase (b * mean L + c_0, spent by every worker in the all-to-all and expert work), so
         that the step length minus it is exactly the worker's wait at the barrier. In a decode step that is
         ``T - a * (max_g L - L_g)``; the rows ``first_rows`` are scheduled steps (step 0 of their plans, which may
-        prefill), whose busy times come from their local times ``first_local`` (len(first_rows) x workers)."""
+        prefill ``first_prefill`` tokens, len(first_rows) x workers), whose busy times come from their local times
+        ``c_w + a * L_g + p * prefill_g``."""
         busy = self.a * (loads - row_max(loads)[:, None]) + durations[:, None]
         if len(first_rows):
-            busy[first_rows] = (first_local - row_max(first_local)[:, None]) + durations[first_rows, None]
+            local = self.cw + self.a * loads[first_rows]
+            local += self.p * first_prefill
+            busy[first_rows] = (local - row_max(local)[:, None]) + durations[first_rows, None]
         return busy
