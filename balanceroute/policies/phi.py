@@ -28,7 +28,7 @@ import numpy as np
 
 from balanceroute.policies.base import ClusterSnapshot
 from balanceroute.policies.horizon import HorizonPolicy
-from balanceroute.policies.policy import check_int, register_policy
+from balanceroute.policies.policy import check_int, register_policy, weighted_row_sums
 from balanceroute.policies.survival import SurvivalEstimator
 
 
@@ -37,7 +37,7 @@ def overflow_cost(expected_load: np.ndarray, nodes: np.ndarray, coeff: np.ndarra
     over = np.subtract(expected_load, expected_load.max(axis=0), dtype=np.float64)  # bincount([]) is int
     over += prompt_len + nodes
     np.maximum(over, 0.0, out=over)
-    return over @ coeff
+    return weighted_row_sums(over, coeff)
 
 
 class _OverflowPolicy(HorizonPolicy):

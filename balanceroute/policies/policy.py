@@ -118,6 +118,18 @@ class Policy:
 _PY_PICK_MAX_WORKERS = 16
 
 
+def weighted_row_sums(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum_h weights_h * values[g, h] for every row g, overwriting ``values`` (a temporary of the caller's).
+
+    Every row is summed alike, so workers with equal rows score equal to the last bit and :meth:`Policy.pick_min`
+    breaks their tie by its rule. A matrix-vector product (``values @ weights``, BLAS) would be faster by about a
+    microsecond but rounds equal rows differently by their position in the matrix, which decides such ties by
+    position whenever the weights or values are not whole numbers.
+    """
+    values *= weights
+    return values.sum(axis=1)
+
+
 def _pick_min_lists(score: list, eligible: list | None, secondary: np.ndarray | None, start: int) -> int:
     """:meth:`Policy.pick_min` on Python lists (same result as the numpy path)."""
     if eligible is not None:

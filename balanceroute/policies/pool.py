@@ -25,7 +25,7 @@ from functools import cache, cached_property
 import numpy as np
 
 from balanceroute.policies.base import Assignment, ClusterSnapshot, PendingRequests
-from balanceroute.policies.policy import Policy, check_int
+from balanceroute.policies.policy import Policy, check_int, weighted_row_sums
 
 #: Free-slot counts at or above this are "unlimited" and compare equal.
 UNBOUNDED_FREE = 1 << 40
@@ -67,13 +67,13 @@ class Envelope:
         """
         over = self.loads + (prompt_len - self.envelope)
         np.maximum(over, 0.0, out=over)
-        return over @ self.weights
+        return weighted_row_sums(over, self.weights)
 
     def scores(self, worker: int, totals: np.ndarray) -> np.ndarray:
         """F_worker(Δs) for an array of candidate prompt totals Δs."""
         over = totals[:, None] + (self.loads[worker] - self.envelope)
         np.maximum(over, 0.0, out=over)
-        return self.reward * totals - self.beta * (over @ self.weights)
+        return self.reward * totals - self.beta * weighted_row_sums(over, self.weights)
 
     def place(self, worker: int, prompt_len: float, steps: int) -> None:
         """A request of ``prompt_len`` tokens joins ``worker`` and stays ``steps`` look-ahead steps."""
@@ -83,7 +83,7 @@ class Envelope:
 
     def headroom(self) -> np.ndarray:
         """sum_h d_h m_{g,h}: each worker's discounted margin (BR-0: m_g), largest = least loaded ahead."""
-        return (self.envelope - self.loads) @ self.weights
+        return weighted_row_sums(self.envelope - self.loads, self.weights)
 
 
 @cache
