@@ -91,8 +91,15 @@ def fit_steps(steps: StepTable) -> StepFit:
         if slowest.tobytes() in seen:  # converged, or cycling between choices: keep the best solve
             break
     constant, a, p, b = (float(v) for v in best[0])
-    error = StepCosts(constant, a, b, p).predict(steps) - steps.period
-    mean = float(steps.period.mean())
-    spread = float(((steps.period - mean) ** 2).sum())
+    quality = fit_quality(StepCosts(constant, a, b, p).predict(steps), steps.period)
+    return StepFit(constant, a, b, p, steps.num_steps, *quality, rounds)
+
+
+def fit_quality(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float, float]:
+    """How well a fit explains what it was fitted to: R^2 (the share of the measured values' variance explained;
+    NaN when they do not vary), the mean |predicted - measured| as a share of the measured mean, and that mean."""
+    error = predicted - measured
+    mean = float(measured.mean())
+    spread = float(((measured - mean) ** 2).sum())
     r2 = 1.0 - float((error**2).sum()) / spread if spread > 0 else float("nan")
-    return StepFit(constant, a, b, p, steps.num_steps, r2, float(np.abs(error).mean()) / mean, mean, rounds)
+    return r2, float(np.abs(error).mean()) / mean, mean

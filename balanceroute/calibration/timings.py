@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
-from balanceroute.calibration.fit import MIN_STEPS, StepCosts
+from balanceroute.calibration.fit import MIN_STEPS, StepCosts, fit_quality
 from balanceroute.calibration.steps import StepLogError, common_num_ranks
 
 #: Time grid of the rebuilt KV loads (seconds): well below a decode step.
@@ -201,11 +201,6 @@ def fit_timings(timings: TokenTimings) -> TimingFit:
                            f"{MIN_STEPS}): run more requests")
     design = np.column_stack([np.ones(timings.num_requests), timings.max_load, timings.mean_load, timings.prefill])
     coefficients, keep, bound = _trimmed_nnls(design, timings.tpot)
-    tpot = timings.tpot[keep]
-    error = design[keep] @ coefficients - tpot
-    mean = float(tpot.mean())
-    spread = float(((tpot - mean) ** 2).sum())
-    r2 = 1.0 - float((error**2).sum()) / spread if spread > 0 else float("nan")
     constant, a, b, p = (float(v) for v in coefficients)
-    return TimingFit(constant, a, b, p, int(keep.sum()), int((~keep).sum()), bound, r2,
-                     float(np.abs(error).mean()) / mean, mean)
+    quality = fit_quality(design[keep] @ coefficients, timings.tpot[keep])
+    return TimingFit(constant, a, b, p, int(keep.sum()), int((~keep).sum()), bound, *quality)
